@@ -1,0 +1,73 @@
+"""Distributed conv2d algorithms, by name, and the named strategies that are grids.
+
+==========  =================================================================================
+name        what it is
+==========  =================================================================================
+``2d``      SUMMA on ``(pN*pH*pW) x pK`` with ``pC = 1``: C panels streamed by broadcast
+``2.5d``    SUMMA inside ``c = pC`` channel layers; partial outputs reduce-scattered
+``3d``      whole tiles allgathered over the K and pixel fibers, output reduce-scattered
+``data``    the 3D algorithm on ``pN = P`` (weights gathered, nothing else moves)
+``spatial`` the 3D algorithm on ``pH*pW = P`` (halo exchange and weight gathers)
+``filter``  the 3D algorithm on ``pK = P`` (input gathered)
+``channel`` the 3D algorithm on ``pC = P`` (output reduce-scattered)
+==========  =================================================================================
+"""
+
+from ..errors import AlgorithmError, GridError
+from ..grid import GridDims
+from .gather3d import Gather3D
+from .summa import Summa2D, Summa25D
+
+__all__ = ["ALGORITHMS", "STRATEGIES", "NAMES", "get", "resolve"]
+
+ALGORITHMS = {a.name: a for a in (Summa2D(), Summa25D(), Gather3D())}
+
+#: Named strategies: the grid as a function of P (0 = filled by the planner), run by ``3d``.
+STRATEGIES = {
+    "data": lambda p: GridDims(p, 1, 1, 1, 1),
+    "spatial": lambda p: GridDims(1, 0, 0, 1, 1),
+    "filter": lambda p: GridDims(1, 1, 1, p, 1),
+    "channel": lambda p: GridDims(1, 1, 1, 1, p),
+}
+
+NAMES = tuple(ALGORITHMS) + tuple(STRATEGIES)
+
+
+def get(name):
+    """The algorithm called ``name``; :class:`AlgorithmError` naming the choices otherwise."""
+    try:
+        return ALGORITHMS[name]
+    except (KeyError, TypeError):
+        raise AlgorithmError(f"unknown algorithm {name!r}: choose one of {', '.join(NAMES)}") from None
+
+
+def resolve(name, grid, spec, nranks, replication=None):
+    """``(algorithm, GridDims)`` for an algorithm or strategy name and an optional grid.
+
+    A strategy fixes the grid, so giving both is an error; with an algorithm and no grid the
+    planner chooses one (with ``pC = replication`` when given). Raises the same error on every
+    rank for the same arguments.
+    """
+    from .. import cost
+    if replication is not None:
+        if isinstance(replication, bool) or not isinstance(replication, int) or replication < 1:
+            raise GridError(f"replication={replication!r}: must be a positive integer")
+        if nranks % replication:
+            raise GridError(f"replication c={replication} does not divide the number of ranks {nranks}")
+    if name in STRATEGIES:
+        if grid is not None or replication is not None:
+            raise GridError(f"strategy {name!r} fixes the grid; drop the grid and replication or use "
+                            f"algorithm '3d' with them")
+        return ALGORITHMS["3d"], cost.choose_grid(spec, nranks, "3d", template=STRATEGIES[name](nranks))
+    algo = get(name)
+    if grid is None:
+        template = None if replication is None else GridDims(0, 0, 0, 0, replication)
+        if template is not None:
+            algo.check_grid(GridDims(1, 1, 1, 1, replication))
+        dims = cost.choose_grid(spec, nranks, algo.name, template=template)
+    else:
+        dims = (grid if isinstance(grid, GridDims) else GridDims.parse(grid)).resolve(nranks)
+        if replication is not None and dims.pC != replication:
+            raise GridError(f"grid {dims} has pC={dims.pC} but replication c={replication} was asked for")
+    algo.check_grid(dims)
+    return algo, dims

@@ -1,0 +1,222 @@
+"""Public node-level conv2d kernels: argument checks, then the block drivers of :mod:`.drivers`.
+
+Stride-1 backward-data is a forward convolution of ``dy`` with the flipped, transposed filter
+(no scatter-add); other strides use a GEMM to columns followed by a scatter-add.
+
+Memory (all three passes). Work goes in blocks whose packed column matrix has about
+``T = min(max(B, 256*C*R*S), max(B, 2**21))`` elements (``B = drivers.BLOCK_ELEMS = 2**18``,
+``drivers.BLOCK_ELEMS_BWD_WEIGHT = 2**20`` for backward-weight) but at least one output row
+(``C*R*S*(Q + dw*(S-1)//sw)`` elements). Besides that column buffer, a block needs a GEMM
+result or widened ``dy`` of ``K`` times the block's columns and, for images with at least
+``drivers.WIDE_MIN_PIXELS`` output pixels, a slab holding the input rows the band reads
+(about ``C * band rows * sh * Wx``). Non-contiguous arguments are copied once; a
+non-contiguous ``out`` costs one output-sized buffer. Example: with C*R*S <= 1024 the column
+buffer is 2**18 elements (1 MiB in float32) for forward and backward-data and 2**20 (4 MiB)
+for backward-weight, unless one output row needs more; it never exceeds 2**21 elements
+(8 MiB) unless one output row does.
+"""
+
+import numpy as np
+
+from . import _checks as chk
+from . import drivers as drv
+from .im2col import col2im, im2col
+from .wide import pack_wide, unpack_wide
+
+__all__ = ["conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight", "warmup"]
+
+
+def _finish(work, out, accumulate):
+    if out is None:
+        return work
+    if work is not out:
+        out[...] = work
+    return out
+
+
+def conv2d_forward(x, w, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), out=None,
+                   accumulate=False):
+    """Forward 2-D convolution (cross-correlation, as in ``torch.nn.functional.conv2d``).
+
+    ``out[n,k,p,q] = sum_{c,r,s} x[n, c, p*sh + r*dh - top, q*sw + s*dw - left] * w[k,c,r,s]``
+    with zeros read outside ``x``.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, Hx, Wx)
+        Input, float32 or float64. Need not be contiguous (a contiguous copy is made).
+    w : ndarray, shape (K, C, R, S)
+        Filter, same dtype as ``x``.
+    stride, dilation : int or (int, int)
+        Per-axis (height, width) stride and dilation, each >= 1.
+    padding : int or (int, int, int, int)
+        ``(top, bottom, left, right)`` zero padding, each >= 0; may be asymmetric.
+    out : ndarray, shape (N, K, P, Q), optional
+        Preallocated output of the same dtype, with
+        ``P = (Hx + top + bottom - dh*(R-1) - 1)//sh + 1`` (``Q`` likewise), or 0 when the padded
+        input is shorter than the dilated filter.
+    accumulate : bool
+        If True, add the result into ``out`` (which must be given) instead of overwriting it.
+
+    Returns
+    -------
+    out : ndarray, shape (N, K, P, Q)
+
+    Notes
+    -----
+    Internal buffers: a packed column block of about ``T`` elements (see the module docstring,
+    at least one output row's ``C*R*S*Q``), a GEMM result of ``K/(C*R*S)`` times that and the
+    input slab the block reads. A 1x1, stride-1, unpadded layer packs nothing.
+    """
+    sh, sw = chk.pair("stride", stride, 1)
+    dh, dw = chk.pair("dilation", dilation, 1)
+    top, bottom, left, right = chk.padding4(padding)
+    x, w = chk.tensor("x", x), chk.tensor("w", w, "KCRS")
+    dtype = chk.same_dtype(x=x, w=w)
+    N, C, H, W = x.shape
+    K, Cw, R, S = w.shape
+    if Cw != C:
+        raise ValueError(f"x has C={C} channels but w has C={Cw} (w must be (K, C, R, S))")
+    chk.filter_taps(R, S)
+    P = chk.out_size(H, top, bottom, sh, dh, R)
+    Q = chk.out_size(W, left, right, sw, dw, S)
+    work, out = chk.result(out, (N, K, P, Q), dtype, accumulate, "the output (N, K, P, Q)")
+    drv.forward(x, w, P, Q, sh, sw, dh, dw, top, left, work, accumulate)
+    return _finish(work, out, accumulate)
+
+
+def conv2d_backward_data(dy, w, input_hw, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1),
+                         out=None, accumulate=False):
+    """Gradient with respect to the input: the exact adjoint of :func:`conv2d_forward`.
+
+    Parameters
+    ----------
+    dy : ndarray, shape (N, K, P, Q)
+        Output gradient, float32 or float64; ``P, Q`` must be what the forward pass gives
+        for ``input_hw`` and these stride/padding/dilation.
+    w : ndarray, shape (K, C, R, S)
+        Filter, same dtype as ``dy``.
+    input_hw : (int, int)
+        ``(Hx, Wx)``, the forward input's height and width.
+    stride, padding, dilation, accumulate
+        As in :func:`conv2d_forward`.
+    out : ndarray, shape (N, C, Hx, Wx), optional
+        Preallocated result of the same dtype.
+
+    Returns
+    -------
+    dx : ndarray, shape (N, C, Hx, Wx)
+        Contributions that fall into the padding are dropped.
+
+    Notes
+    -----
+    Stride 1: a forward convolution of ``dy`` with the flipped filter, so buffers are as in
+    :func:`conv2d_forward` (with K and C swapped) plus a ``K*C*R*S`` filter copy. Other strides:
+    a column block of about ``T`` elements (module docstring) that one GEMM writes and a
+    scatter-add consumes, a widened or transposed copy of the block of ``dy`` (``K/(C*R*S)``
+    of that) and the block's input-sized slab.
+    """
+    sh, sw = chk.pair("stride", stride, 1)
+    dh, dw = chk.pair("dilation", dilation, 1)
+    top, bottom, left, right = chk.padding4(padding)
+    H, W = chk.hw_pair("input_hw", input_hw)
+    dy, w = chk.tensor("dy", dy, "NKPQ"), chk.tensor("w", w, "KCRS")
+    dtype = chk.same_dtype(dy=dy, w=w)
+    N, K, P, Q = dy.shape
+    Kw, C, R, S = w.shape
+    if Kw != K:
+        raise ValueError(f"dy has K={K} channels but w has K={Kw} (w must be (K, C, R, S))")
+    chk.filter_taps(R, S)
+    Pe, Qe = chk.out_size(H, top, bottom, sh, dh, R), chk.out_size(W, left, right, sw, dw, S)
+    if (P, Q) != (Pe, Qe):
+        raise ValueError(f"dy has output size P x Q = {P} x {Q}, but input_hw={(H, W)} with this "
+                         f"filter, stride, padding and dilation gives {Pe} x {Qe}")
+    work, out = chk.result(out, (N, C, H, W), dtype, accumulate, "dx (N, C, Hx, Wx)")
+    if sh == sw == 1:
+        wt = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        drv.forward(dy, wt, H, W, 1, 1, dh, dw, dh * (R - 1) - top, dw * (S - 1) - left,
+                    work, accumulate)
+        return _finish(work, out, accumulate)
+    if not accumulate:
+        work.fill(0)
+    drv.backward_data_scatter(dy, w, sh, sw, dh, dw, top, left, work)
+    return _finish(work, out, accumulate)
+
+
+def conv2d_backward_weight(x, dy, filter_rs, stride=(1, 1), padding=(0, 0, 0, 0),
+                           dilation=(1, 1), out=None, accumulate=False):
+    """Gradient with respect to the filter.
+
+    ``dw[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] * x[n, c, p*sh + r*dh - top, q*sw + s*dw - left]``.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, Hx, Wx)
+        Forward input, float32 or float64.
+    dy : ndarray, shape (N, K, P, Q)
+        Output gradient, same dtype; ``P, Q`` must match the forward output size.
+    filter_rs : (int, int)
+        ``(R, S)``, the filter height and width.
+    stride, padding, dilation, accumulate
+        As in :func:`conv2d_forward`.
+    out : ndarray, shape (K, C, R, S), optional
+        Preallocated result of the same dtype.
+
+    Returns
+    -------
+    dw : ndarray, shape (K, C, R, S)
+
+    Notes
+    -----
+    Internal buffers: a column block of about ``T`` elements with ``B = 2**20`` (module
+    docstring), a widened or transposed copy of the block of ``dy`` (``K/(C*R*S)`` of that), the
+    block's input slab, and one ``K*C*R*S`` partial product per block after the first (every
+    block when accumulating).
+    """
+    sh, sw = chk.pair("stride", stride, 1)
+    dh, dw_ = chk.pair("dilation", dilation, 1)
+    top, bottom, left, right = chk.padding4(padding)
+    R, S = chk.hw_pair("filter_rs", filter_rs)
+    chk.filter_taps(R, S)
+    x, dy = chk.tensor("x", x), chk.tensor("dy", dy, "NKPQ")
+    dtype = chk.same_dtype(x=x, dy=dy)
+    N, C, H, W = x.shape
+    Ny, K, P, Q = dy.shape
+    if Ny != N:
+        raise ValueError(f"x has N={N} images but dy has N={Ny}")
+    Pe, Qe = chk.out_size(H, top, bottom, sh, dh, R), chk.out_size(W, left, right, sw, dw_, S)
+    if (P, Q) != (Pe, Qe):
+        raise ValueError(f"dy has output size P x Q = {P} x {Q}, but x ({H} x {W}) with this "
+                         f"filter, stride, padding and dilation gives {Pe} x {Qe}")
+    work, out = chk.result(out, (K, C, R, S), dtype, accumulate, "dw (K, C, R, S)")
+    drv.backward_weight(x, dy, R, S, sh, sw, dh, dw_, top, left, work, accumulate)
+    return _finish(work, out, accumulate)
+
+
+def warmup(dtypes=("float32", "float64")):
+    """Compile (or load from Numba's on-disk cache) every jitted kernel for ``dtypes``.
+
+    Runs each entry point once on tiny arrays, and each Numba kernel directly (so every
+    packing path is covered whatever the drivers' size thresholds), with exactly the argument
+    types the drivers pass. Later calls never compile. Buffers are negligible (< 1000 elements).
+    """
+    for name in dtypes:
+        try:
+            dtype = np.dtype(name)
+        except TypeError:
+            dtype = None
+        if dtype not in chk.DTYPES:
+            raise ValueError(f"warmup dtype {name!r}: only float32 and float64 are supported")
+        x = np.ones((2, 2, 5, 5), dtype)
+        w = np.ones((2, 2, 3, 3), dtype)
+        for stride in ((1, 1), (2, 2)):
+            y = conv2d_forward(x, w, stride, (1, 1, 1, 1))
+            conv2d_backward_data(y, w, (5, 5), stride, (1, 1, 1, 1))
+            conv2d_backward_weight(x, y, (3, 3), stride, (1, 1, 1, 1))
+        # Direct kernel calls on image 0 of x: 3x3 filter, stride 1, pad 1, P = Q = 5.
+        cols = np.zeros((2 * 9, 25), dtype)
+        im2col(x, cols, 0, 1, 0, 5, 5, 3, 3, 1, 1, 1, 1, 1, 1)
+        col2im(cols, x, 0, 1, 0, 5, 5, 3, 3, 1, 1, 1, 1, 1, 1)
+        slab, cols = np.zeros((2, 7 * 7), dtype), np.zeros((2 * 9, 5 * 7 - 2), dtype)
+        pack_wide(x, 0, slab, cols, 0, 7, 3, 3, 1, 1, 1, 1, 1, 1)
+        unpack_wide(cols, slab, x, 0, 0, 7, 3, 3, 1, 1, 1, 1, 1, 1)

@@ -1,0 +1,234 @@
+"""Block drivers: Numba packs a block of output pixels, one numpy/BLAS GEMM consumes it.
+
+Arguments here are already checked: C-contiguous, aligned, writeable 4-D arrays of one dtype
+(so Numba sees exactly the types :func:`~.conv.warmup` compiled) and Python ints.
+``top``/``left`` are first-tap offsets and may be negative.
+
+Blocks are several whole images when images are small, else bands of output rows of one
+image, sized so the packed columns stay near ``BLOCK_ELEMS`` elements: large enough for BLAS
+to run near peak, small enough to stay in cache and avoid im2col's ``R*S/stride**2`` memory
+blow-up.
+
+Images with at least ``WIDE_MIN_PIXELS`` output pixels use the "wide" packing of
+:mod:`.wide` (long contiguous copies, a few junk GEMM columns per output row); smaller images
+are batched several per block through :func:`~.im2col.im2col` / :func:`~.im2col.col2im`
+(a one-image im2col block's GEMM writes straight into the NCHW output).
+"""
+
+import numpy as np
+
+from .im2col import col2im, im2col
+from .wide import pack_wide, unpack_wide
+
+#: Target size (elements) of a packed column block ...
+BLOCK_ELEMS = 1 << 18
+#: ... raised so that a block has at least this many GEMM columns (thin GEMMs are slow: for
+#: C = K = 512, 3x3 on 7x7 images, 49-column blocks ran at about half the speed of 196) ...
+MIN_COLS = 256
+#: ... but never above this (8 MiB in float32).
+MAX_BLOCK_ELEMS = 1 << 21
+#: Backward-weight reduces over pixels: larger blocks mean fewer partial-sum passes over dw.
+BLOCK_ELEMS_BWD_WEIGHT = 1 << 20
+#: Images with fewer output pixels than this use batched im2col instead of the wide packing
+#: (whose GEMMs are per image and whose junk columns cost ``(dw*(S-1)//sw)/Q`` extra flops).
+WIDE_MIN_PIXELS = 128
+
+
+def target_elems(crs, base):
+    """Column-block size for reduction length ``crs`` given the base target ``base``."""
+    return min(max(base, crs * MIN_COLS), max(base, MAX_BLOCK_ELEMS))
+
+
+def blocks(N, P, Q, crs, base):
+    """Yield ``(n0, n1, p0, p1)`` covering ``N x P`` output rows, with about
+    ``target_elems(crs, base)`` column elements each."""
+    target = target_elems(crs, base)
+    per_image = P * Q * crs
+    if per_image == 0:
+        return
+    if per_image <= target:
+        nb = max(1, target // per_image)
+        for n0 in range(0, N, nb):
+            yield n0, min(N, n0 + nb), 0, P
+        return
+    for n in range(N):
+        for p0, p1 in bands(P, Q * crs, target):
+            yield n, n + 1, p0, p1
+
+
+def bands(P, row_elems, target):
+    """Even bands ``(p0, p1)`` of the ``P`` rows with about ``target // row_elems`` rows each."""
+    rows = max(1, min(P, target // max(row_elems, 1)))
+    nblk = -(-P // rows)
+    rows = -(-P // nblk)
+    return [(p0, min(P, p0 + rows)) for p0 in range(0, P, rows)]
+
+
+def view2d(a, m, n):
+    """``a`` as an (m, n) view; raises rather than silently copying."""
+    v = a.view()
+    v.shape = (m, n)
+    return v
+
+
+def pixels_by_k(a, n0, n1, p0, p1):
+    """Block ``a[n0:n1, :, p0:p1, :]`` of an (N, K, P, Q) array as a (K, pixels) matrix."""
+    K, Q = a.shape[1], a.shape[3]
+    if n1 - n0 == 1:
+        return view2d(a[n0, :, p0:p1, :], K, (p1 - p0) * Q)
+    nb, PQ = n1 - n0, a.shape[2] * Q
+    return np.ascontiguousarray(a[n0:n1].reshape(nb, K, PQ).transpose(1, 0, 2)).reshape(K, nb * PQ)
+
+
+def _store(dst, src, accumulate):
+    if accumulate:
+        dst += src
+    else:
+        dst[...] = src
+
+
+def use_wide(P, Q):
+    return P * Q >= WIDE_MIN_PIXELS
+
+
+class Wide:
+    """Geometry and reusable buffers of the wide packing (:mod:`.wide`) for one layer."""
+
+    def __init__(self, C, K, P, Q, R, S, sh, sw, dh, dw, dtype, base):
+        self.eh, self.ew = (dh * (R - 1)) // sh, (dw * (S - 1)) // sw
+        self.Wph = Q + self.ew
+        self.C, self.K, self.crs, self.phases = C, K, C * R * S, sh * sw
+        self.bands = bands(P, self.Wph * self.crs, target_elems(self.crs, base))
+        rows = max(p1 - p0 for p0, p1 in self.bands)
+        self.slab = np.empty(self.phases * C * (rows + self.eh) * self.Wph, dtype)
+        self.cols = np.empty(self.crs * rows * self.Wph, dtype)
+        self.res = np.empty(K * rows * self.Wph, dtype)
+
+    def get(self, rows):
+        """``(slab, cols, res, ncol)`` views for a band of ``rows`` output rows."""
+        Wph, ncol = self.Wph, rows * self.Wph - self.ew
+        slab = view2d(self.slab[:self.phases * self.C * (rows + self.eh) * Wph],
+                      self.phases * self.C, (rows + self.eh) * Wph)
+        cols = view2d(self.cols[:self.crs * ncol], self.crs, ncol)
+        res = view2d(self.res[:self.K * rows * Wph], self.K, rows * Wph)
+        return slab, cols, res, ncol
+
+    def widen(self, res, dy, n, p0, p1):
+        """``res`` (K, rows*Wph) = ``dy[n, :, p0:p1, :]`` with zero junk columns."""
+        res3 = res.reshape(self.K, p1 - p0, self.Wph)
+        Q = dy.shape[3]
+        res3[:, :, :Q] = dy[n, :, p0:p1, :]
+        res3[:, :, Q:] = 0
+
+
+def forward(x, w, P, Q, sh, sw, dh, dw, top, left, out, accumulate):
+    """``out (+)= conv(x, w)`` for output size (P, Q) and first-tap offsets ``top``/``left``."""
+    N, C, H, W = x.shape
+    K, _, R, S = w.shape
+    if out.size == 0:
+        return
+    if C == 0:
+        if not accumulate:
+            out.fill(0)
+        return
+    crs = C * R * S
+    wm = w.reshape(K, crs)
+    if R == S == 1 and sh == sw == 1 and top == left == 0 and P == H and Q == W:
+        # Pointwise: the input already is the column matrix.
+        xm, om = x.reshape(N, C, H * W), out.reshape(N, K, P * Q)
+        for n0, n1, p0, p1 in blocks(N, P, Q, crs, BLOCK_ELEMS):
+            j0, j1 = p0 * Q, p1 * Q
+            if accumulate:
+                om[n0:n1, :, j0:j1] += np.matmul(wm, xm[n0:n1, :, j0:j1])
+            else:
+                np.matmul(wm, xm[n0:n1, :, j0:j1], out=om[n0:n1, :, j0:j1])
+    elif use_wide(P, Q):
+        g = Wide(C, K, P, Q, R, S, sh, sw, dh, dw, x.dtype, BLOCK_ELEMS)
+        for n in range(N):
+            for p0, p1 in g.bands:
+                slab, cols, res, ncol = g.get(p1 - p0)
+                pack_wide(x, n, slab, cols, p0, g.Wph, R, S, sh, sw, dh, dw, top, left)
+                np.matmul(wm, cols, out=res[:, :ncol])
+                _store(out[n, :, p0:p1, :], res.reshape(K, p1 - p0, g.Wph)[:, :, :Q], accumulate)
+    else:
+        buf = None
+        for n0, n1, p0, p1 in blocks(N, P, Q, crs, BLOCK_ELEMS):
+            nb, ncol = n1 - n0, (n1 - n0) * (p1 - p0) * Q
+            if buf is None:
+                buf = np.empty(crs * ncol, x.dtype)  # the first block is the largest
+            cols = view2d(buf[:crs * ncol], crs, ncol)
+            im2col(x, cols, n0, n1, p0, p1, Q, R, S, sh, sw, dh, dw, top, left)
+            if nb == 1:
+                dst = view2d(out[n0, :, p0:p1, :], K, ncol)
+                if accumulate:
+                    dst += wm @ cols
+                else:
+                    np.matmul(wm, cols, out=dst)
+            else:
+                res = (wm @ cols).reshape(K, nb, P * Q).transpose(1, 0, 2)
+                _store(out[n0:n1].reshape(nb, K, P * Q), res, accumulate)
+
+
+def backward_data_scatter(dy, w, sh, sw, dh, dw, top, left, dx):
+    """``dx += conv_transpose(dy, w)``: GEMM to columns, then a scatter-add into ``dx``."""
+    N, K, P, Q = dy.shape
+    _, C, R, S = w.shape
+    if dx.size == 0 or dy.size == 0:
+        return
+    crs = C * R * S
+    wmt = w.reshape(K, crs).T
+    if use_wide(P, Q):
+        g = Wide(C, K, P, Q, R, S, sh, sw, dh, dw, dy.dtype, BLOCK_ELEMS)
+        for n in range(N):
+            for p0, p1 in g.bands:
+                slab, cols, dyw, ncol = g.get(p1 - p0)
+                g.widen(dyw, dy, n, p0, p1)  # zero junk columns -> zero junk in cols
+                np.matmul(wmt, dyw[:, :ncol], out=cols)
+                unpack_wide(cols, slab, dx, n, p0, g.Wph, R, S, sh, sw, dh, dw, top, left)
+        return
+    buf = None
+    for n0, n1, p0, p1 in blocks(N, P, Q, crs, BLOCK_ELEMS):
+        ncol = (n1 - n0) * (p1 - p0) * Q
+        if buf is None:
+            buf = np.empty(crs * ncol, dy.dtype)
+        cols = view2d(buf[:crs * ncol], crs, ncol)
+        np.matmul(wmt, pixels_by_k(dy, n0, n1, p0, p1), out=cols)
+        col2im(cols, dx, n0, n1, p0, p1, Q, R, S, sh, sw, dh, dw, top, left)
+
+
+def backward_weight(x, dy, R, S, sh, sw, dh, dw, top, left, dwt, accumulate):
+    """``dwt (+)= sum over pixels of dy x cols`` (dwt is (K, C, R, S))."""
+    N, C, H, W = x.shape
+    _, K, P, Q = dy.shape
+    fresh = not accumulate
+    if dwt.size:
+        crs = C * R * S
+        dwm = dwt.reshape(K, crs)
+
+        def gemm(a, b):
+            nonlocal fresh
+            if fresh:
+                np.matmul(a, b, out=dwm)
+                fresh = False
+            else:
+                np.add(dwm, a @ b, out=dwm)
+
+        if P * Q and use_wide(P, Q):
+            g = Wide(C, K, P, Q, R, S, sh, sw, dh, dw, x.dtype, BLOCK_ELEMS_BWD_WEIGHT)
+            for n in range(N):
+                for p0, p1 in g.bands:
+                    slab, cols, dyw, ncol = g.get(p1 - p0)
+                    pack_wide(x, n, slab, cols, p0, g.Wph, R, S, sh, sw, dh, dw, top, left)
+                    g.widen(dyw, dy, n, p0, p1)  # junk columns of cols meet zeros
+                    gemm(dyw[:, :ncol], cols.T)
+        else:
+            buf = None
+            for n0, n1, p0, p1 in blocks(N, P, Q, crs, BLOCK_ELEMS_BWD_WEIGHT):
+                ncol = (n1 - n0) * (p1 - p0) * Q
+                if buf is None:
+                    buf = np.empty(crs * ncol, x.dtype)
+                cols = view2d(buf[:crs * ncol], crs, ncol)
+                im2col(x, cols, n0, n1, p0, p1, Q, R, S, sh, sw, dh, dw, top, left)
+                gemm(pixels_by_k(dy, n0, n1, p0, p1), cols.T)
+    if fresh:  # no pixels: the gradient is zero
+        dwt.fill(0)

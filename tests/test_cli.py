@@ -39,6 +39,31 @@ def test_run_json_verifies(nranks, layer, algo, grid, dtype):
     assert rec["time_s"] > 0 and rec["peak_bytes"] > 0
 
 
+@pytest.mark.parametrize("nranks,algo,extra", [
+    (2, "2d", []), (3, "2.5d", ["--replication", "3"]), (4, "3d", ["--grid", "1,2,1,1,2"]),
+    (4, "spatial", []), (3, "channel", ["--retain", "no"]),
+])
+def test_train_reports_each_pass(nranks, algo, extra):
+    layer = "N=3,C=6,K=5,H=9,W=8,R=3,S=3,pad=1,stride=2x1"
+    result = run(nranks, "run", "--layer", layer, "--algo", algo, "--pass", "train", "--dtype", "float64",
+                 "--verify", "--json", "--repeat", "1", *extra)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    assert [r["pass"] for r in records] == ["fwd", "bwd-data", "bwd-weight"]
+    for r in records:
+        assert r["rel_err"] <= 1e-12 and r["words_max"] == r["words_predicted"], r
+        assert r["retain"] == ("no" not in extra)
+
+
+@pytest.mark.parametrize("pass_", ["bwd-data", "bwd-weight"])
+def test_single_backward_pass(pass_):
+    result = run(3, "run", "--layer", "N=2,C=4,K=5,H=7,W=7,R=3,S=3,pad=1", "--algo", "2.5d", "--grid", "1,1,1,1,3",
+                 "--pass", pass_, "--verify", "--json", "--repeat", "1")
+    assert result.returncode == 0, result.stderr
+    (record,) = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    assert record["pass"] == pass_ and record["verified"] and record["words_max"] == record["words_predicted"]
+
+
 def test_default_example_runs_and_verifies():
     result = run(2, timeout=600)
     assert result.returncode == 0, result.stderr
@@ -54,6 +79,9 @@ def test_default_example_runs_and_verifies():
     (["run", "--layer", "N=1,C=3,K=4,H=5,W=5,R=3"], "lacks S"),
     (["run", "--layer", "N=1,C=3,K=4,H=5,W=5,R=3,S=3", "--algo", "2d", "--grid", "1,1,1,1,2"], "needs pC=1"),
     (["run", "--repeat", "0"], "--repeat 0"),
+    (["run", "--algo", "data", "--grid", "2,1,1,1,1"], "fixes the grid"),
+    (["run", "--algo", "2.5d", "--replication", "3"], "does not divide the number of ranks 2"),
+    (["run", "--algo", "2d", "--replication", "2"], "needs pC=1"),
 ])
 def test_bad_input_fails_fast_with_one_message(args, message):
     start = time.monotonic()

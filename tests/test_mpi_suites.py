@@ -1,4 +1,5 @@
-"""Launch the MPI test suites (tests/mpi) at 1, 2, 3 and 4 ranks, each under a time limit.
+"""Launch the MPI test suites (tests/mpi) at 1, 2, 3 and 4 ranks, each under a time limit, and
+at 6 and 8 (marked ``slow``; oversubscribed on small machines; ``-m "not slow"`` skips them).
 
 Odd rank counts find uneven-partition bugs. A failure shows rank 0's report and every other
 rank's log.
@@ -27,7 +28,8 @@ def _logs(logdir):
 
 
 @pytest.mark.timeout(TIMEOUT + 60)
-@pytest.mark.parametrize("nranks", [1, 2, 3, 4])
+@pytest.mark.parametrize("nranks", [1, 2, 3, 4, pytest.param(6, marks=pytest.mark.slow),
+                                    pytest.param(8, marks=pytest.mark.slow)])
 def test_mpi_suite(nranks, tmp_path):
     args = [sys.executable, "-m", "mpi4py", os.path.join(HERE, "mpi_main.py"), os.path.join(HERE, "mpi")]
     try:

@@ -218,25 +218,34 @@ class AxisExchange:
         index[self.axis] = slice(rng[0] - origin, rng[1] - origin)
         return array[tuple(index)]
 
-    def forward(self, src, dst):
+    def _pieces(self, array, plan, origin, meter):
+        """Counted contiguous copies of ``array``'s pieces named by ``plan``."""
+        return [(peer, meter.copy(self._take(array, ov, origin))) for peer, ov in plan]
+
+    def _buffers(self, array, plan, origin, meter):
+        return [(peer, meter.empty(self._take(array, ov, origin).shape, array.dtype)) for peer, ov in plan]
+
+    def forward(self, src, dst, meter):
         """Fill ``dst`` (the needed range) from ``src`` (the owned range) of every rank."""
         if self.local:
             self._take(dst, self.local, self.need[0])[...] = self._take(src, self.local, self.own[0])
-        sends = [(peer, np.ascontiguousarray(self._take(src, ov, self.own[0]))) for peer, ov in self.sends]
-        recvs = [(peer, np.empty(self._take(dst, ov, self.need[0]).shape, dst.dtype)) for peer, ov in self.recvs]
+        sends = self._pieces(src, self.sends, self.own[0], meter)
+        recvs = self._buffers(dst, self.recvs, self.need[0], meter)
         self.comm.exchange(sends, recvs, self.phase)
         for (peer, ov), (_, buf) in zip(self.recvs, recvs):
             self._take(dst, ov, self.need[0])[...] = buf
+        meter.free(*(b for _, b in sends + recvs))
 
-    def adjoint(self, dst, src):
+    def adjoint(self, dst, src, meter):
         """Add contributions on the needed range ``dst`` into the owners' ``src`` (in place)."""
         if self.local:
             self._take(src, self.local, self.own[0])[...] += self._take(dst, self.local, self.need[0])
-        sends = [(peer, np.ascontiguousarray(self._take(dst, ov, self.need[0]))) for peer, ov in self.recvs]
-        recvs = [(peer, np.empty(self._take(src, ov, self.own[0]).shape, src.dtype)) for peer, ov in self.sends]
+        sends = self._pieces(dst, self.recvs, self.need[0], meter)
+        recvs = self._buffers(src, self.sends, self.own[0], meter)
         self.comm.exchange(sends, recvs, self.phase)
         for (peer, ov), (_, buf) in zip(self.sends, recvs):
             self._take(src, ov, self.own[0])[...] += buf
+        meter.free(*(b for _, b in sends + recvs))
 
 
 class InputHalo:
@@ -283,9 +292,9 @@ class InputHalo:
             return shard
         nb, cb = shard.shape[:2]
         mid = meter.empty((nb, cb, _size(self.rows.need), shard.shape[3]), shard.dtype)
-        self.rows.forward(shard, mid)
+        self.rows.forward(shard, mid, meter)
         ext = meter.empty((nb, cb, mid.shape[2], _size(self.cols.need)), shard.dtype)
-        self.cols.forward(mid, ext)
+        self.cols.forward(mid, ext, meter)
         meter.free(mid)
         return ext
 
@@ -296,8 +305,8 @@ class InputHalo:
             return shard_grad
         nb, cb = shard_grad.shape[:2]
         mid = meter.zeros((nb, cb, _size(self.rows.need), shard_grad.shape[3]), shard_grad.dtype)
-        self.cols.adjoint(ext_grad, mid)
-        self.rows.adjoint(mid, shard_grad)
+        self.cols.adjoint(ext_grad, mid, meter)
+        self.rows.adjoint(mid, shard_grad, meter)
         meter.free(mid)
         return shard_grad
 

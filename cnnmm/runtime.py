@@ -17,10 +17,10 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NU
 _LOCAL_SIZE_VARS = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE")
 
 
-def local_ranks():
+def local_ranks(environ=os.environ):
     """Ranks the launcher placed on this node (1 when not launched by a known launcher)."""
     for var in _LOCAL_SIZE_VARS:
-        value = os.environ.get(var, "").split("(")[0].split(",")[0]
+        value = environ.get(var, "").split("(")[0].split(",")[0]
         if value.isdigit() and int(value) > 0:
             return int(value)
     return 1
@@ -41,7 +41,7 @@ def default_thread_env(environ=os.environ):
         threads = int(cpus)
     else:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        threads = max(1, cores // local_ranks())
+        threads = max(1, cores // local_ranks(environ))
     for var in THREAD_VARS:
         environ[var] = str(threads)
     return threads

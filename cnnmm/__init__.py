@@ -21,5 +21,6 @@ from .spec import ConvSpec  # noqa: E402
 from .grid import GridDims, ProcessGrid  # noqa: E402
 from .api import Conv2d, conv2d, conv2d_backward_data, conv2d_backward_weight  # noqa: E402
 
-__all__ = ["ConvSpec", "GridDims", "ProcessGrid", "Conv2d", "conv2d", "conv2d_backward_data", "conv2d_backward_weight", "CnnmmError", "LayerError",
-           "GridError", "ShapeError", "AlgorithmError", "__version__"]
+__all__ = ["ConvSpec", "GridDims", "ProcessGrid", "Conv2d", "conv2d", "conv2d_backward_data",
+           "conv2d_backward_weight", "CnnmmError", "LayerError", "GridError", "ShapeError", "AlgorithmError",
+           "__version__"]

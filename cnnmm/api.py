@@ -18,7 +18,7 @@ from . import algorithms
 from .algorithms.base import Context
 from .comm import collective_check
 from .errors import AlgorithmError, ShapeError
-from .grid import GridDims, ProcessGrid
+from .grid import ProcessGrid
 from .layout import BlockDistribution
 from .runtime import warm_kernels
 from .spec import ConvSpec
@@ -211,7 +211,8 @@ def _layer_meta(x_shape, w_shape, dtype, stride, padding, dilation):
 def _same_dtype(**arrays):
     dtypes = {name: a.dtype for name, a in arrays.items()}
     if len(set(dtypes.values())) > 1:
-        raise ShapeError(" but ".join(f"{n} is {d}" for n, d in dtypes.items()) + ": use one dtype (float32 or float64)")
+        raise ShapeError(" but ".join(f"{n} is {d}" for n, d in dtypes.items())
+                         + ": use one dtype (float32 or float64)")
     return next(iter(dtypes.values()))
 
 

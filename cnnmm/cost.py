@@ -99,8 +99,10 @@ def _halo(t, g, adjoint=False):
     t.add("halo", sum(nb * cb * g.rows * _size(ov) for _, ov in cols_in), len(cols_in))
 
 
-def _source(t, g, p, stream, lead, rest, own, phase):
-    """Panels of a tensor split over a fiber of ``p`` ranks: broadcasts, or one allgather."""
+def _fiber(t, g, p, stream, lead, rest, own, phase, reduce):
+    """Panels of a tensor split over a fiber of ``p`` ranks, gathered (broadcast per panel, or
+    one allgather) or, with ``reduce``, summed (reduce per panel to its owner, or one
+    reduce-scatter)."""
     if p == 1:
         return
     if stream:
@@ -108,23 +110,10 @@ def _source(t, g, p, stream, lead, rest, own, phase):
             size = lead * width * rest
             mine = mine_in if phase == "input" else mine_w
             if size:
-                t.add(phase, 0 if mine else size, _log2(p))
+                received = ((p - 1) * size if mine else 0) if reduce else (0 if mine else size)
+                t.add(phase, received, _log2(p))
     elif lead * g.cb * rest:
-        t.add(phase, lead * (g.cb - own) * rest, _log2(p))
-
-
-def _sink(t, g, p, stream, lead, rest, own, phase):
-    """Partial sums over a fiber of ``p`` ranks: reduce per panel to its owner, or one reduce-scatter."""
-    if p == 1:
-        return
-    if stream:
-        for width, mine_in, mine_w in g.panels:
-            size = lead * width * rest
-            mine = mine_in if phase == "input" else mine_w
-            if size:
-                t.add(phase, (p - 1) * size if mine else 0, _log2(p))
-    elif lead * g.cb * rest:
-        t.add(phase, (p - 1) * lead * own * rest, _log2(p))
+        t.add(phase, lead * ((p - 1) * own if reduce else g.cb - own) * rest, _log2(p))
 
 
 def _dout(t, g, pc):
@@ -150,18 +139,18 @@ def predict_rank(spec, dims, coords, algorithm="2d", pass_="fwd", panel=None, sa
     need_input = pass_ == "fwd" or (pass_ == "bwd-weight" and "input" not in saved)
     if need_input:
         _halo(t, g)
-        _source(t, g, dims.pK, stream, g.nb, hw, g.in_own, "input")
+        _fiber(t, g, dims.pK, stream, g.nb, hw, g.in_own, "input", reduce=False)
     if pass_ != "fwd" and "dout" not in saved:
         _dout(t, g, dims.pC)
     if pass_ == "fwd" or (pass_ == "bwd-data" and "weight" not in saved):
-        _source(t, g, dims.pixel, stream, g.kb, rs, g.w_own, "weights")
+        _fiber(t, g, dims.pixel, stream, g.kb, rs, g.w_own, "weights", reduce=False)
     if pass_ == "fwd" and dims.pC > 1 and g.nb * g.kb * g.bp * g.bq:
         t.add("output", (dims.pC - 1) * g.nb * g.k_own * g.bp * g.bq, _log2(dims.pC))
     if pass_ == "bwd-data":
-        _sink(t, g, dims.pK, stream, g.nb, hw, g.in_own, "input")
+        _fiber(t, g, dims.pK, stream, g.nb, hw, g.in_own, "input", reduce=True)
         _halo(t, g, adjoint=True)
     if pass_ == "bwd-weight":
-        _sink(t, g, dims.pixel, stream, g.kb, rs, g.w_own, "weights")
+        _fiber(t, g, dims.pixel, stream, g.kb, rs, g.w_own, "weights", reduce=True)
     flops = 2 * g.nb * g.kb * g.cb * g.bp * g.bq * rs
     return RankCost(t.words, t.msgs, flops)
 

@@ -34,7 +34,10 @@ NAMES = tuple(ALGORITHMS) + tuple(STRATEGIES)
 
 
 def get(name):
-    """The algorithm called ``name``; :class:`AlgorithmError` naming the choices otherwise."""
+    """The algorithm called ``name`` (a strategy name gives the algorithm that runs it);
+    :class:`AlgorithmError` naming the choices otherwise."""
+    if name in STRATEGIES:
+        return ALGORITHMS["3d"]
     try:
         return ALGORITHMS[name]
     except (KeyError, TypeError):

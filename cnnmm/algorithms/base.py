@@ -1,4 +1,4 @@
-"""Pieces every distributed algorithm shares: the per-layer context and the output reduction."""
+"""Pieces every distributed algorithm shares: the per-layer context and the algorithm interface."""
 
 from __future__ import annotations
 

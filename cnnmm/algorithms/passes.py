@@ -26,7 +26,6 @@ dOut tile (``"dout"``); a later pass that finds a tile there moves nothing for i
 
 from __future__ import annotations
 
-import numpy as np
 
 from .. import kernels
 from ..layout import _size, sub_range
@@ -65,7 +64,7 @@ class _Tile:
 
 def _input_source(ctx, t, ext, stream, saved):
     if saved is not None and "input" in saved:
-        return saved["input"], False
+        return saved["input"]
     keep = None
     if stream:
         if saved is not None:
@@ -76,12 +75,12 @@ def _input_source(ctx, t, ext, stream, saved):
         source = GatherSource(ctx.kfiber, ext, t.in_parts, ctx.meter, "input")
     if saved is not None:
         saved["input"] = keep or source
-    return source, saved is None
+    return source
 
 
 def _weight_source(ctx, t, w_shard, stream, saved):
     if saved is not None and "weight" in saved:
-        return saved["weight"], False
+        return saved["weight"]
     keep = None
     if stream:
         if saved is not None:
@@ -93,16 +92,42 @@ def _weight_source(ctx, t, w_shard, stream, saved):
         source = GatherSource(ctx.pixel, w_shard, t.w_parts, ctx.meter, "weights")
     if saved is not None:
         saved["weight"] = keep or source
-    return source, saved is None
+    return source
+
+
+def _close(meter, source, saved, key):
+    """Free a source's buffers unless ``saved`` retains it for a later pass."""
+    if saved is None or saved.get(key) is not source:
+        source.close(meter)
+
+
+def _free_ext(meter, ext, x_shard, saved):
+    """Free the halo-extended input tile unless it is the shard itself or retained."""
+    retained = saved is not None and "input" in saved and saved["input"].tile is ext
+    if ext is not None and ext is not x_shard and not retained:
+        meter.free(ext)
 
 
 def _dout_tile(ctx, t, dy_shard, saved):
+    """The dOut tile (n, k block, p, q), allgathered along the C fiber or retained."""
     if saved is not None and "dout" in saved:
-        return saved["dout"], False
+        return saved["dout"]
     tile = allgather_channels(ctx.cfiber, dy_shard, t.k_parts, ctx.meter, "output")
     if saved is not None:
         saved["dout"] = tile
-    return tile, saved is None and tile is not dy_shard
+    return tile
+
+
+def _free_dout(meter, dy, dy_shard, saved):
+    if dy is not dy_shard and (saved is None or saved.get("dout") is not dy):
+        meter.free(dy)
+
+
+def _sink(comm, t, stream, lead, own, parts, rest, meter, dtype, phase):
+    """Where gradient panels of a tensor split over ``comm`` along ``parts`` are summed."""
+    if stream:
+        return StreamSink(comm, (lead, _size(own)) + rest, own[0], t.width, meter, dtype, phase)
+    return GatherSink(comm, (lead, t.cb) + rest, t.c[0], parts, meter, dtype, phase)
 
 
 def forward(ctx, x_shard, w_shard, stream, panel=None, saved=None):
@@ -110,18 +135,16 @@ def forward(ctx, x_shard, w_shard, stream, panel=None, saved=None):
     spec, meter = ctx.spec, ctx.meter
     t = _Tile(ctx, stream, panel)
     ext = ctx.halo.forward(x_shard, meter)
-    xs, close_x = _input_source(ctx, t, ext, stream, saved)
-    ws, close_w = _weight_source(ctx, t, w_shard, stream, saved)
+    xs = _input_source(ctx, t, ext, stream, saved)
+    ws = _weight_source(ctx, t, w_shard, stream, saved)
     out = meter.zeros(t.out_shape, x_shard.dtype)
     for lo, hi, owner_in, owner_w in t.panels:
         xp, wp = xs.panel(lo, hi, owner_in), ws.panel(lo, hi, owner_w)
         if out.size:
             kernels.conv2d_forward(xp, wp, spec.stride, ctx.halo.padding, spec.dilation, out=out, accumulate=True)
-    for source, close in ((xs, close_x), (ws, close_w)):
-        if close or isinstance(source, StreamSource):
-            source.close(meter)
-    if ext is not x_shard and not (saved is not None and saved["input"].tile is ext):
-        meter.free(ext)
+    _close(meter, xs, saved, "input")
+    _close(meter, ws, saved, "weight")
+    _free_ext(meter, ext, x_shard, saved)
     shard = reduce_scatter_channels(ctx.cfiber, out, [(a - t.k[0], b - t.k[0]) for a, b in t.k_parts],
                                     meter, "output")
     if shard is not out:
@@ -133,14 +156,10 @@ def backward_data(ctx, dy_shard, w_shard, stream, panel=None, saved=None):
     """This rank's input-gradient shard (input layout) from its dOut and weight shards."""
     spec, meter = ctx.spec, ctx.meter
     t = _Tile(ctx, stream, panel)
-    dy, close_dy = _dout_tile(ctx, t, dy_shard, saved)
-    ws, close_w = _weight_source(ctx, t, w_shard, stream, saved)
-    dtype = dy_shard.dtype
-    if stream:
-        sink = StreamSink(ctx.kfiber, (t.nb, _size(t.in_own), t.rows, t.cols), t.in_own[0], t.width, meter,
-                          dtype, "input")
-    else:
-        sink = GatherSink(ctx.kfiber, (t.nb, t.cb, t.rows, t.cols), t.c[0], t.in_parts, meter, dtype, "input")
+    dy = _dout_tile(ctx, t, dy_shard, saved)
+    ws = _weight_source(ctx, t, w_shard, stream, saved)
+    sink = _sink(ctx.kfiber, t, stream, t.nb, t.in_own, t.in_parts, (t.rows, t.cols), meter, dy_shard.dtype,
+                 "input")
     for lo, hi, owner_in, owner_w in t.panels:
         target = sink.target(lo, hi)
         wp = ws.panel(lo, hi, owner_w)
@@ -148,13 +167,10 @@ def backward_data(ctx, dy_shard, w_shard, stream, panel=None, saved=None):
             kernels.conv2d_backward_data(dy, wp, (t.rows, t.cols), spec.stride, ctx.halo.padding, spec.dilation,
                                          out=target, accumulate=True)
         sink.put(lo, hi, owner_in)
-    if close_dy:
-        meter.free(dy)
-    if close_w or isinstance(ws, StreamSource):
-        ws.close(meter)
+    _free_dout(meter, dy, dy_shard, saved)
+    _close(meter, ws, saved, "weight")
     ext_grad = sink.result(meter)
-    shard_shape = ctx.layout.box_shape(ctx.layout.input_box(ctx.coords))
-    dx = meter.zeros(shard_shape, dtype)
+    dx = meter.zeros(ctx.layout.box_shape(ctx.layout.input_box(ctx.coords)), dy_shard.dtype)
     ctx.halo.adjoint(ext_grad, dx, meter)
     meter.free(ext_grad)
     return dx
@@ -164,17 +180,11 @@ def backward_weight(ctx, x_shard, dy_shard, stream, panel=None, saved=None):
     """This rank's weight-gradient shard (weight layout) from its input and dOut shards."""
     spec, meter = ctx.spec, ctx.meter
     t = _Tile(ctx, stream, panel)
-    dy, close_dy = _dout_tile(ctx, t, dy_shard, saved)
-    ext = None
-    if saved is None or "input" not in saved:
-        ext = ctx.halo.forward(x_shard, meter)
-    xs, close_x = _input_source(ctx, t, ext, stream, saved)
-    dtype = dy_shard.dtype
-    if stream:
-        sink = StreamSink(ctx.pixel, (t.kb, _size(t.w_own), spec.R, spec.S), t.w_own[0], t.width, meter, dtype,
-                          "weights")
-    else:
-        sink = GatherSink(ctx.pixel, (t.kb, t.cb, spec.R, spec.S), t.c[0], t.w_parts, meter, dtype, "weights")
+    dy = _dout_tile(ctx, t, dy_shard, saved)
+    ext = None if saved is not None and "input" in saved else ctx.halo.forward(x_shard, meter)
+    xs = _input_source(ctx, t, ext, stream, saved)
+    sink = _sink(ctx.pixel, t, stream, t.kb, t.w_own, t.w_parts, (spec.R, spec.S), meter, dy_shard.dtype,
+                 "weights")
     for lo, hi, owner_in, owner_w in t.panels:
         target = sink.target(lo, hi)
         xp = xs.panel(lo, hi, owner_in)
@@ -182,12 +192,9 @@ def backward_weight(ctx, x_shard, dy_shard, stream, panel=None, saved=None):
             kernels.conv2d_backward_weight(xp, dy, (spec.R, spec.S), spec.stride, ctx.halo.padding, spec.dilation,
                                            out=target, accumulate=True)
         sink.put(lo, hi, owner_w)
-    if close_dy:
-        meter.free(dy)
-    if close_x or isinstance(xs, StreamSource):
-        xs.close(meter)
-    if ext is not None and ext is not x_shard and not (saved is not None and saved["input"].tile is ext):
-        meter.free(ext)
+    _free_dout(meter, dy, dy_shard, saved)
+    _close(meter, xs, saved, "input")
+    _free_ext(meter, ext, x_shard, saved)
     return sink.result(meter)
 
 

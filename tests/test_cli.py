@@ -99,13 +99,14 @@ def test_bad_option_prints_usage_once():
 
 
 ABORT_SCRIPT = """
-import sys, cnnmm.cli as cli
+import sys, types, cnnmm.cli as cli
 from mpi4py import MPI
 def boom(args):
     if MPI.COMM_WORLD.rank == 1:
         raise RuntimeError("only rank 1 fails")
     MPI.COMM_WORLD.Barrier()   # the other ranks would wait here forever
-cli.COMMANDS["boom"] = (boom, "fail on one rank")
+command = types.SimpleNamespace(NAME=("boom",), HELP="fail on one rank", add_arguments=lambda p: None, main=boom)
+cli.commands = lambda: [command]
 sys.exit(cli.main(["boom"]))
 """
 

@@ -1,0 +1,1 @@
+"""The sub-commands of ``python -m cnnmm``, one module each (see :mod:`cnnmm.cli`)."""

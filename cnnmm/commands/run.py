@@ -1,0 +1,154 @@
+"""``python -m cnnmm run``: one layer distributed; time, words, memory and error per pass."""
+
+from __future__ import annotations
+
+from ..cli import emit, human_bytes, say
+
+NAME = ("run",)
+HELP = "run one layer distributed and report time, words, memory and error per pass"
+
+#: The default example: a ResNet-50 stage-3 3x3 layer, about 1.8 GFLOP per pass.
+DEFAULT_LAYER = "N=8,C=128,K=128,H=28,W=28,R=3,S=3,stride=1,pad=1,dilation=1"
+
+#: pass name -> (Conv2d method, the blocks it takes, the layout of its result, retained tiles it adds)
+PASSES = {
+    "fwd": ("forward", ("input", "weight"), "output", ("input", "weight")),
+    "bwd-data": ("backward_data", ("output", "weight"), "input", ("dout",)),
+    "bwd-weight": ("backward_weight", ("input", "output"), "weight", ()),
+}
+
+
+def add_arguments(p):
+    from ..algorithms import NAMES
+    p.add_argument("--layer", default=DEFAULT_LAYER,
+                   help="layer as N=..,C=..,K=..,H=..,W=..,R=..,S=..[,stride=1][,pad=0][,dilation=1]; "
+                        "AxB sets height and width apart (default: %(default)s)")
+    p.add_argument("--algo", default="2d", help=f"algorithm or strategy: {', '.join(NAMES)} (default: %(default)s)")
+    p.add_argument("--grid", default=None, help="pN,pH,pW,pK,pC; 0 = let MPI choose (default: planner's choice)")
+    p.add_argument("--replication", type=int, default=None, metavar="c",
+                   help="replication factor c = pC for the planner to keep (2.5d, 3d)")
+    p.add_argument("--panel", type=int, default=None, help="SUMMA panel width in channels")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    p.add_argument("--pass", dest="pass_", default="fwd", choices=("fwd", "bwd-data", "bwd-weight", "train"),
+                   help="pass to run; train runs fwd, bwd-data and bwd-weight and reports each")
+    p.add_argument("--retain", default="yes", choices=("yes", "no"),
+                   help="train: keep tiles gathered in earlier passes for later ones (default: %(default)s)")
+    p.add_argument("--repeat", type=int, default=3, help="timed repetitions (median reported)")
+    p.add_argument("--verify", action="store_true", help="compare with the float64 reference on rank 0")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="one JSON object per pass on stdout")
+
+
+def _reference(spec, pass_, x, w, dy):
+    from .. import reference
+    if pass_ == "fwd":
+        return reference.conv2d_forward(x, w, spec)
+    if pass_ == "bwd-data":
+        return reference.conv2d_backward_data(dy, w, spec)
+    return reference.conv2d_backward_weight(x, dy, spec)
+
+
+def main(args):
+    import numpy as np
+    from mpi4py import MPI
+
+    from .. import cost
+    from ..api import Conv2d
+    from ..comm import collective_check
+    from ..errors import AlgorithmError
+    from ..spec import ConvSpec
+
+    comm = MPI.COMM_WORLD
+
+    def check():
+        if args.repeat < 1:
+            raise AlgorithmError(f"--repeat {args.repeat}: must be at least 1")
+        return ConvSpec.parse(args.layer, dtype=args.dtype)
+
+    spec = collective_check(comm, check)
+    layer = Conv2d(spec, comm, args.algo, args.grid, args.panel, args.replication)
+    passes = list(PASSES) if args.pass_ == "train" else [args.pass_]
+    retain = args.pass_ == "train" and args.retain == "yes"
+    say(f"cnnmm: {spec} {spec.dtype} | {layer.algorithm.name} | {layer.dims.describe()} | "
+         f"{args.pass_}{' (retaining tiles)' if retain else ''}")
+    rng = np.random.default_rng(args.seed)
+    glob = {"input": None, "weight": None, "output": None}
+    if comm.rank == 0:
+        glob = {name: rng.standard_normal(shape).astype(spec.dtype) for name, shape in
+                (("input", spec.input_shape), ("weight", spec.weight_shape), ("output", spec.output_shape))}
+    local = {name: layer.scatter(name, array) for name, array in glob.items()}
+    times = {p: [] for p in passes}
+    stats, results = {}, {}
+    for _ in range(args.repeat):
+        saved = {} if retain else None
+        have = set()
+        for pass_ in passes:
+            method, inputs, result_layout, adds = PASSES[pass_]
+            layer.ledger.reset()
+            layer.meter.reset_peak()
+            comm.Barrier()
+            t0 = MPI.Wtime()
+            out = getattr(layer, method)(*(local[name] for name in inputs), saved=saved)
+            times[pass_].append(comm.allreduce(MPI.Wtime() - t0, op=MPI.MAX))
+            words, msgs = layer.ledger.total()
+            stats[pass_] = (words, msgs, layer.meter.peak, layer.ledger.as_dict(), tuple(sorted(have)))
+            results[pass_] = (result_layout, out)
+            if retain:
+                have.update(adds)
+        if saved:
+            layer.release(saved)
+    status = 0
+    for pass_ in passes:
+        words, msgs, peak, phases, had = stats[pass_]
+        record = {
+            "algo": layer.algorithm.name, "grid": layer.dims.as_dict(), "P": comm.size, "pass": pass_,
+            "dtype": spec.dtype, "layer": str(spec), "time_s": float(np.median(times[pass_])),
+            "times_s": times[pass_], "retain": retain,
+            "words_max": comm.allreduce(words, op=MPI.MAX), "msgs_max": comm.allreduce(msgs, op=MPI.MAX),
+            "peak_bytes": comm.allreduce(peak, op=MPI.MAX),
+            "words_predicted": cost.predict(spec, layer.dims, layer.algorithm.name, pass_, args.panel, had)["words"],
+            "words_lower_bound": cost.lower_bound_words(spec, comm.size),
+            "phases": _max_phases(comm, phases),
+        }
+        record["gflops"] = spec.flops / record["time_s"] / 1e9 if record["time_s"] > 0 else None
+        gathered = layer.gather(*results[pass_])
+        if args.verify:
+            if comm.rank == 0:
+                say(f"cnnmm: verifying {pass_} against the float64 reference")
+                ref = _reference(spec, pass_, glob["input"], glob["weight"], glob["output"])
+                err = float(np.max(np.abs(gathered - ref))) if ref.size else 0.0
+                scale = float(np.max(np.abs(ref))) if ref.size else 0.0
+                record["max_abs_err"] = err
+                record["rel_err"] = err / scale if scale > 0 else err
+                record["verified"] = record["rel_err"] <= (1e-12 if spec.dtype == "float64" else 1e-5)
+                status = status or (0 if record["verified"] else 1)
+        emit(record if args.json else _report(record))
+    layer.free()
+    return comm.bcast(status, root=0)
+
+
+def _max_phases(comm, phases):
+    """Per phase, the max over ranks of words and of messages."""
+    merged = {}
+    for ranks_phases in comm.allgather(phases):
+        for name, counts in ranks_phases.items():
+            slot = merged.setdefault(name, {"words": 0, "msgs": 0})
+            slot["words"] = max(slot["words"], counts["words"])
+            slot["msgs"] = max(slot["msgs"], counts["msgs"])
+    return merged
+
+
+def _report(r):
+    lines = [
+        f"pass      {r['pass']}{' (training step, gathered tiles retained)' if r['retain'] else ''}",
+        f"layer     {r['layer']} ({r['dtype']})",
+        f"algorithm {r['algo']} on grid " + " ".join(f"{k}={v}" for k, v in r["grid"].items()) + f" (P={r['P']})",
+        f"time      {r['time_s'] * 1e3:.2f} ms median of {len(r['times_s'])}  ({r['gflops']:.1f} GFLOP/s)",
+        f"words     {r['words_max']} max per rank (model {r['words_predicted']}, "
+        f"lower bound {r['words_lower_bound']:.0f}), {r['msgs_max']} messages",
+        f"memory    {human_bytes(r['peak_bytes'])} peak algorithm buffers per rank",
+    ]
+    if "rel_err" in r:
+        verdict = "PASS" if r["verified"] else "FAIL"
+        lines.append(f"verify    rel_err {r['rel_err']:.2e} (max abs {r['max_abs_err']:.2e}) {verdict}")
+    return "\n".join(lines)

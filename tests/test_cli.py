@@ -124,3 +124,16 @@ def test_info():
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
     assert info["ranks"] == 2 and info["mpi_library"] and info["numba"]
+
+
+def test_net_run_appends_json_lines(tmp_path):
+    out = tmp_path / "results.jsonl"
+    out.write_text("")
+    result = run(2, "run", "--net", "resnet50", "--batch", "1", "--repeat", "1", "--json", "--output", str(out),
+                 timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    from cnnmm import nets
+    assert [r["net_layer"] for r in records] == [layer.name for layer in nets.layers("resnet50")]
+    assert all(r["net"] == "resnet50" and r["words_max"] == r["words_predicted"] for r in records)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from ..cli import emit, human_bytes, say
 
 NAME = ("run",)
@@ -20,9 +22,12 @@ PASSES = {
 
 def add_arguments(p):
     from ..algorithms import NAMES
-    p.add_argument("--layer", default=DEFAULT_LAYER,
-                   help="layer as N=..,C=..,K=..,H=..,W=..,R=..,S=..[,stride=1][,pad=0][,dilation=1]; "
-                        "AxB sets height and width apart (default: %(default)s)")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--layer", default=None,
+                      help="layer as N=..,C=..,K=..,H=..,W=..,R=..,S=..[,stride=1][,pad=0][,dilation=1]; "
+                           f"AxB sets height and width apart (default: {DEFAULT_LAYER})")
+    what.add_argument("--net", default=None, help="run every conv layer of a network: resnet50 or vgg16")
+    p.add_argument("--batch", type=int, default=8, help="batch size N of the --net layers (default: %(default)s)")
     p.add_argument("--algo", default="2d", help=f"algorithm or strategy: {', '.join(NAMES)} (default: %(default)s)")
     p.add_argument("--grid", default=None, help="pN,pH,pW,pK,pC; 0 = let MPI choose (default: planner's choice)")
     p.add_argument("--replication", type=int, default=None, metavar="c",
@@ -37,6 +42,8 @@ def add_arguments(p):
     p.add_argument("--verify", action="store_true", help="compare with the float64 reference on rank 0")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="one JSON object per pass on stdout")
+    p.add_argument("--output", default=None, metavar="FILE",
+                   help="append the report (JSON lines with --json) to FILE instead of stdout")
 
 
 def _reference(spec, pass_, x, w, dy):
@@ -48,29 +55,61 @@ def _reference(spec, pass_, x, w, dy):
     return reference.conv2d_backward_weight(x, dy, spec)
 
 
+def _targets(args):
+    """``[(network layer name or None, ConvSpec)]`` to run, validated."""
+    from .. import nets
+    from ..errors import AlgorithmError
+    from ..spec import ConvSpec
+    if args.repeat < 1:
+        raise AlgorithmError(f"--repeat {args.repeat}: must be at least 1")
+    if args.net is not None:
+        if args.batch < 1:
+            raise AlgorithmError(f"--batch {args.batch}: must be at least 1")
+        return [(layer.name, layer.spec) for layer in nets.layers(args.net, args.batch, args.dtype)]
+    return [(None, ConvSpec.parse(args.layer or DEFAULT_LAYER, dtype=args.dtype))]
+
+
 def main(args):
+    from mpi4py import MPI
+
+    from ..comm import collective_check
+
+    comm = MPI.COMM_WORLD
+    targets = collective_check(comm, lambda: _targets(args))
+    status = 0
+    for net_layer, spec in targets:
+        for record in run_layer(comm, spec, args):
+            if net_layer is not None:
+                record["net"], record["net_layer"] = args.net, net_layer
+            if "verified" in record and not record["verified"]:
+                status = 1
+            _write(args, record if args.json else _report(record))
+    return comm.bcast(status, root=0)
+
+
+def _write(args, item):
+    if args.output is None:
+        emit(item)
+        return
+    from mpi4py import MPI
+    if MPI.COMM_WORLD.Get_rank() == 0:
+        with open(args.output, "a") as f:
+            f.write((item if isinstance(item, str) else json.dumps(item)) + "\n")
+
+
+def run_layer(comm, spec, args):
+    """Run the passes ``args`` asks for on one layer; returns the records (complete on rank 0)."""
     import numpy as np
     from mpi4py import MPI
 
     from .. import cost
     from ..api import Conv2d
-    from ..comm import collective_check
-    from ..errors import AlgorithmError
-    from ..spec import ConvSpec
 
-    comm = MPI.COMM_WORLD
-
-    def check():
-        if args.repeat < 1:
-            raise AlgorithmError(f"--repeat {args.repeat}: must be at least 1")
-        return ConvSpec.parse(args.layer, dtype=args.dtype)
-
-    spec = collective_check(comm, check)
     layer = Conv2d(spec, comm, args.algo, args.grid, args.panel, args.replication)
     passes = list(PASSES) if args.pass_ == "train" else [args.pass_]
     retain = args.pass_ == "train" and args.retain == "yes"
     say(f"cnnmm: {spec} {spec.dtype} | {layer.algorithm.name} | {layer.dims.describe()} | "
-         f"{args.pass_}{' (retaining tiles)' if retain else ''}")
+        f"{args.pass_}{' (retaining tiles)' if retain else ''}")
     rng = np.random.default_rng(args.seed)
     glob = {"input": None, "weight": None, "output": None}
     if comm.rank == 0:
@@ -97,7 +136,7 @@ def main(args):
                 have.update(adds)
         if saved:
             layer.release(saved)
-    status = 0
+    records = []
     for pass_ in passes:
         words, msgs, peak, phases, had = stats[pass_]
         record = {
@@ -112,19 +151,17 @@ def main(args):
         }
         record["gflops"] = spec.flops / record["time_s"] / 1e9 if record["time_s"] > 0 else None
         gathered = layer.gather(*results[pass_])
-        if args.verify:
-            if comm.rank == 0:
-                say(f"cnnmm: verifying {pass_} against the float64 reference")
-                ref = _reference(spec, pass_, glob["input"], glob["weight"], glob["output"])
-                err = float(np.max(np.abs(gathered - ref))) if ref.size else 0.0
-                scale = float(np.max(np.abs(ref))) if ref.size else 0.0
-                record["max_abs_err"] = err
-                record["rel_err"] = err / scale if scale > 0 else err
-                record["verified"] = record["rel_err"] <= (1e-12 if spec.dtype == "float64" else 1e-5)
-                status = status or (0 if record["verified"] else 1)
-        emit(record if args.json else _report(record))
+        if args.verify and comm.rank == 0:
+            say(f"cnnmm: verifying {pass_} against the float64 reference")
+            ref = _reference(spec, pass_, glob["input"], glob["weight"], glob["output"])
+            err = float(np.max(np.abs(gathered - ref))) if ref.size else 0.0
+            scale = float(np.max(np.abs(ref))) if ref.size else 0.0
+            record["max_abs_err"] = err
+            record["rel_err"] = err / scale if scale > 0 else err
+            record["verified"] = record["rel_err"] <= (1e-12 if spec.dtype == "float64" else 1e-5)
+        records.append(record)
     layer.free()
-    return comm.bcast(status, root=0)
+    return records
 
 
 def _max_phases(comm, phases):

@@ -11,9 +11,11 @@ exchange where the image is split.
 
 __version__ = "0.1.0"
 
-# Size the BLAS and Numba thread pools before numpy or numba load (they read it once).
-from .runtime import default_thread_env as _default_thread_env  # noqa: E402
+# Size the BLAS and Numba thread pools before numpy or numba load (they read it once), and
+# make an exception on any rank of a multi-rank job abort the job instead of hanging it.
+from .runtime import default_thread_env as _default_thread_env, install_abort_hook as _install_abort_hook  # noqa
 
+_install_abort_hook()
 _default_thread_env()
 
 from .errors import AlgorithmError, CnnmmError, GridError, LayerError, ShapeError  # noqa: E402

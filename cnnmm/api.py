@@ -20,6 +20,7 @@ from .comm import collective_check
 from .errors import AlgorithmError, ShapeError
 from .grid import ProcessGrid
 from .layout import BlockDistribution
+from .profiles import load_profile
 from .runtime import warm_kernels
 from .spec import ConvSpec
 
@@ -43,9 +44,10 @@ class Conv2d:
     comm : mpi4py.MPI.Comm, optional
         Ranks to run on; default ``COMM_WORLD``.
     algorithm : str
-        ``"2d"`` (SUMMA, pC = 1), ``"2.5d"`` (SUMMA inside pC layers), ``"3d"`` (whole tiles
-        gathered), or a strategy that fixes the grid: ``"data"``, ``"spatial"``, ``"filter"``,
-        ``"channel"`` (see :mod:`cnnmm.algorithms`).
+        ``"auto"`` (default: the planner chooses algorithm and grid), ``"2d"`` (SUMMA, pC = 1),
+        ``"2.5d"`` (SUMMA inside pC layers), ``"3d"`` (whole tiles gathered), or a strategy
+        that fixes the grid: ``"data"``, ``"spatial"``, ``"filter"``, ``"channel"`` (see
+        :mod:`cnnmm.algorithms`).
     grid : GridDims, str or sequence of 5 ints, optional
         ``(pN, pH, pW, pK, pC)``; 0 entries are filled as ``MPI_Dims_create`` would. Default:
         the planner's choice for this layer, algorithm and rank count.
@@ -53,6 +55,8 @@ class Conv2d:
         SUMMA panel width in channels (default :data:`~cnnmm.algorithms.passes.DEFAULT_PANEL`).
     replication : int, optional
         Replication factor ``c = pC`` for the planner to keep when it chooses the grid.
+    profile : str, optional
+        Machine profile (built-in name or JSON path) the planner times grids with.
 
     Notes
     -----
@@ -66,10 +70,14 @@ class Conv2d:
     in :attr:`ledger`.
     """
 
-    def __init__(self, spec, comm=None, algorithm="2d", grid=None, panel=None, replication=None):
+    def __init__(self, spec, comm=None, algorithm="auto", grid=None, panel=None, replication=None, profile=None):
         comm = _world(comm)
-        self.algorithm, dims = collective_check(
-            comm, lambda: _check_setup(spec, comm.Get_size(), algorithm, grid, panel, replication))
+
+        def setup():
+            self.profile = load_profile(profile)
+            return _check_setup(spec, comm.Get_size(), algorithm, grid, panel, replication, self.profile)
+
+        self.algorithm, dims = collective_check(comm, setup)
         self.spec, self.panel = spec, panel
         self.grid = ProcessGrid(comm, dims)
         self.ctx = Context(spec, self.grid)
@@ -113,7 +121,9 @@ class Conv2d:
             raise TypeError("saved must be a dict (or None)")
         arrays = [np.ascontiguousarray(a) for _, _, a in blocks]
         options = {"panel": self.panel, "saved": saved}
-        return getattr(self.algorithm, pass_)(self.ctx, *arrays, options)
+        result = getattr(self.algorithm, pass_)(self.ctx, *arrays, options)
+        self.ctx.meter.free(result)  # counted in this pass's peak; the caller owns it now
+        return result
 
     def forward(self, x_local, w_local, saved=None):
         """Output block of this rank from its input and weight blocks (collective).
@@ -168,12 +178,12 @@ class Conv2d:
         return f"Conv2d({self.spec}, algorithm={self.algorithm.name!r}, {self.dims.describe()})"
 
 
-def _check_setup(spec, nranks, algorithm, grid, panel, replication):
+def _check_setup(spec, nranks, algorithm, grid, panel, replication, profile):
     if not isinstance(spec, ConvSpec):
         raise ShapeError(f"spec must be a cnnmm.ConvSpec, not {type(spec).__name__}")
     if panel is not None and (not isinstance(panel, (int, np.integer)) or panel < 1):
         raise AlgorithmError(f"panel={panel!r}: must be a positive number of channels")
-    return algorithms.resolve(algorithm, grid, spec, nranks, replication)
+    return algorithms.resolve(algorithm, grid, spec, nranks, replication, profile)
 
 
 def _check_local(name, array, shape, spec):
@@ -232,7 +242,7 @@ def _run_global(comm, root, spec, algorithm, grid, panel, pass_, inputs, result)
         return layer.gather(result, local, root)
 
 
-def conv2d(x, w, stride=1, padding=0, dilation=1, *, comm=None, algorithm="2d", grid=None, panel=None,
+def conv2d(x, w, stride=1, padding=0, dilation=1, *, comm=None, algorithm="auto", grid=None, panel=None,
            root=0):
     """Distributed 2-D convolution of global arrays held by ``root``.
 
@@ -270,7 +280,7 @@ def conv2d(x, w, stride=1, padding=0, dilation=1, *, comm=None, algorithm="2d", 
                        "output")
 
 
-def conv2d_backward_data(dy, w, input_shape, stride=1, padding=0, dilation=1, *, comm=None, algorithm="2d",
+def conv2d_backward_data(dy, w, input_shape, stride=1, padding=0, dilation=1, *, comm=None, algorithm="auto",
                          grid=None, panel=None, root=0):
     """Gradient with respect to the input, from ``dy = dL/dy (N, K, P, Q)`` and ``w``.
 
@@ -292,7 +302,7 @@ def conv2d_backward_data(dy, w, input_shape, stride=1, padding=0, dilation=1, *,
                        "input")
 
 
-def conv2d_backward_weight(x, dy, weight_shape, stride=1, padding=0, dilation=1, *, comm=None, algorithm="2d",
+def conv2d_backward_weight(x, dy, weight_shape, stride=1, padding=0, dilation=1, *, comm=None, algorithm="auto",
                            grid=None, panel=None, root=0):
     """Gradient with respect to the weights, from the input ``x`` and ``dy = dL/dy``.
 

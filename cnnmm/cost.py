@@ -1,12 +1,34 @@
-"""Cost model and planner: words, messages and flops per rank for a layer on a grid.
+"""Cost model: words, messages, flops and peak memory of every rank, and predicted time.
 
-The model follows the implementation's own block arithmetic (:class:`~cnnmm.layout.ConvLayout`,
-:func:`~cnnmm.layout.exchange_plan`), so for every rank the predicted words equal what
-:mod:`cnnmm.comm` counts. Time is ``alpha*messages + beta*words + gamma*flops`` on the busiest
-rank, with placeholder machine constants until a calibrated profile is given.
+The model repeats the implementation's block arithmetic (:class:`~cnnmm.layout.ConvLayout`,
+:mod:`cnnmm.algorithms.passes`) for all ranks at once, as numpy arrays indexed by Cartesian
+rank, so that for every rank
 
-The planner (:func:`choose_grid`) enumerates every factorisation of P over
-``(pN, pH, pW, pK, pC)`` that the algorithm accepts and returns the least predicted time.
+* ``words`` and ``msgs`` equal what :mod:`cnnmm.comm` counts (received words; messages as
+  defined there),
+* ``peak_bytes`` equals what :class:`~cnnmm.memory.MemoryMeter` records,
+* ``flops`` is the kernel work ``2*nb*kb*cb*bp*bq*R*S``,
+
+and ``time = sum over calls of (alpha_op(p) + beta_op(p) * words) + flops / rate + calls *
+overhead`` with the constants of a :class:`~cnnmm.profiles.Profile`. Tests check the first
+two against the counters on every rank, algorithm, pass and grid they run.
+
+Per pass, with ``q = pN*pH*pW``, ``rows x cols`` the halo-extended input tile, ``in_own`` this
+rank's share of its C block along the K fiber, ``w_own`` along the pixel fiber and ``k_own``
+its share of the K block along the C fiber:
+
+========== ================================================ ==================================
+pass       words received                                   replicated (memory-hungry) tile
+========== ================================================ ==================================
+fwd        halo + nb*rows*cols*(cb - in_own)                output tile, pC-fold
+           + kb*R*S*(cb - w_own) + (pC-1)*nb*k_own*bp*bq
+bwd-data   nb*bp*bq*(kb - k_own) + kb*R*S*(cb - w_own)      extended input tile, pK-fold
+           + (pK-1)*nb*in_own*rows*cols + adjoint halo
+bwd-weight nb*bp*bq*(kb - k_own) + halo + nb*rows*cols*     weight tile, q-fold
+           (cb - in_own) + (q-1)*kb*R*S*w_own
+========== ================================================ ==================================
+
+Tiles retained from earlier passes of a training step (``saved``) move nothing.
 """
 
 from __future__ import annotations
@@ -14,27 +36,40 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from .errors import CnnmmError
-from .grid import GridDims, factorizations
-from .layout import ConvLayout, _size, exchange_plan, sub_range
+import numpy as np
 
-__all__ = ["Machine", "RankCost", "predict_rank", "predict", "choose_grid", "lower_bound_words"]
+from .errors import AlgorithmError
+from .grid import GridDims
+from .layout import ConvLayout, sub_range
+
+__all__ = ["PASSES", "RankCosts", "rank_costs", "predict_rank", "predict", "words_identity_check"]
+
+PASSES = ("fwd", "bwd-data", "bwd-weight")
+_PHASES = ("halo", "input", "weights", "output")
 
 
-@dataclasses.dataclass(frozen=True)
-class Machine:
-    """Machine constants: seconds per message, per word (per byte of 4), per flop."""
+def _log2(p):
+    return math.ceil(math.log2(p)) if p > 1 else 0
 
-    alpha: float = 5e-6
-    beta: float = 1e-9
-    gamma: float = 1.0 / 20e9
+
+def _size(r):
+    return r[1] - r[0]
 
 
 @dataclasses.dataclass
-class RankCost:
+class RankCosts:
+    """Per-rank arrays (index = Cartesian rank) of one pass.
+
+    ``words``/``msgs`` map phase -> int64 array; ``calls`` lists ``(op, p, words array,
+    count array)`` for the time model; ``flops``, ``kernel_calls`` and ``peak_bytes`` are arrays.
+    """
+
     words: dict
     msgs: dict
-    flops: int
+    flops: np.ndarray
+    kernel_calls: np.ndarray
+    peak_bytes: np.ndarray
+    calls: list
 
     @property
     def total_words(self):
@@ -45,159 +80,357 @@ class RankCost:
         return sum(self.msgs.values())
 
 
-def _log2(p):
-    return math.ceil(math.log2(p)) if p > 1 else 0
+class _Axis:
+    """Per-index quantities of a spatial grid dimension (H or W)."""
+
+    def __init__(self, owned, windows):
+        p = len(owned)
+        self.own = np.array([_size(r) for r in owned])
+        self.need = np.array([_size(r) for r in windows])
+        recv, send = np.zeros(p, np.int64), np.zeros(p, np.int64)
+        nrecv, nsend = np.zeros(p, np.int64), np.zeros(p, np.int64)
+        starts = np.array([r[0] for r in owned] + [owned[-1][1]])
+        for i, (lo, hi) in enumerate(windows):
+            if hi <= lo:
+                continue
+            # owners j whose block meets [lo, hi): a contiguous run found by binary search
+            first = int(np.searchsorted(starts, lo, side="right")) - 1
+            last = int(np.searchsorted(starts, hi, side="left")) - 1
+            for j in range(max(first, 0), min(last, p - 1) + 1):
+                ov = min(hi, owned[j][1]) - max(lo, owned[j][0])
+                if j != i and ov > 0:
+                    recv[i] += ov
+                    nrecv[i] += 1
+                    send[j] += ov
+                    nsend[j] += 1
+        self.recv, self.nrecv, self.send, self.nsend = recv, nrecv, send, nsend
+        self.trivial = (nrecv == 0) & (nsend == 0) & (self.own == self.need)
 
 
-PASSES = ("fwd", "bwd-data", "bwd-weight")
+class _Mem:
+    """A vectorised :class:`~cnnmm.memory.MemoryMeter`: live and peak elements per rank."""
+
+    def __init__(self, live):
+        self.live = live.astype(np.int64)
+        self.peak = self.live.copy()
+
+    def alloc(self, n):
+        self.live = self.live + n
+        self.peak = np.maximum(self.peak, self.live)
+
+    def free(self, n):
+        self.live = self.live - n
 
 
-class _Geometry:
-    """The block arithmetic of :class:`cnnmm.algorithms.passes._Tile` for one rank, without MPI."""
+class _Grid:
+    """Every per-rank quantity the passes use, as arrays over Cartesian ranks."""
 
-    def __init__(self, spec, dims, coords, stream, panel):
+    def __init__(self, spec, dims, stream, panel):
         from .algorithms.passes import DEFAULT_PANEL
-        lay = self.lay = ConvLayout(spec, dims)
-        self.n, self.k, self.c, self.p, self.q = lay.tile(coords)
-        self.nb, self.kb, self.cb = _size(self.n), _size(self.k), _size(self.c)
-        self.bp, self.bq = _size(self.p), _size(self.q)
-        self.in_own = _size(sub_range(self.c, dims.pK, coords.pK))
-        pixel = (coords.pN * dims.pH + coords.pH) * dims.pW + coords.pW
-        self.w_own = _size(sub_range(self.c, dims.pixel, pixel))
-        self.k_own = _size(sub_range(self.k, dims.pC, coords.pC))
-        if stream:
-            self.panels = [(hi - lo, oi == coords.pK, ow == pixel)
-                           for lo, hi, oi, ow in lay.c_panels(coords.pC, panel or DEFAULT_PANEL)]
-        else:
-            self.panels = [(self.cb, None, None)] if self.cb else []
+        lay = ConvLayout(spec, dims)
         d = dims
-        need_h = [lay.row_window(i)[:2] for i in range(d.pH)]
-        need_w = [lay.col_window(j)[:2] for j in range(d.pW)]
-        self.halo_h = exchange_plan(coords.pH, [lay.h_range(i) for i in range(d.pH)], need_h)
-        self.halo_w = exchange_plan(coords.pW, [lay.w_range(j) for j in range(d.pW)], need_w)
-        self.rows, self.cols = _size(need_h[coords.pH]), _size(need_w[coords.pW])
-        self.own_rows, self.own_cols = _size(lay.h_range(coords.pH)), _size(lay.w_range(coords.pW))
+        shape = tuple(d)
+        self.spec, self.dims = spec, d
+
+        def spread(values, axis):
+            v = np.asarray(values, dtype=np.int64)
+            idx = [1] * 5
+            idx[axis] = len(v)
+            return np.broadcast_to(v.reshape(idx), shape).reshape(-1)
+
+        self.nb = spread([_size(lay.n_range(i)) for i in range(d.pN)], 0)
+        self.kb = spread([_size(lay.k_range(i)) for i in range(d.pK)], 3)
+        self.cb = spread([_size(lay.c_range(i)) for i in range(d.pC)], 4)
+        self.bp = spread([_size(lay.p_range(i)) for i in range(d.pH)], 1)
+        self.bq = spread([_size(lay.q_range(i)) for i in range(d.pW)], 2)
+        self.h = _Axis([lay.h_range(i) for i in range(d.pH)], [lay.row_window(i)[:2] for i in range(d.pH)])
+        self.w = _Axis([lay.w_range(j) for j in range(d.pW)], [lay.col_window(j)[:2] for j in range(d.pW)])
+        for name in ("own", "need", "recv", "nrecv", "send", "nsend", "trivial"):
+            setattr(self, "row_" + name, spread(getattr(self.h, name), 1))
+            setattr(self, "col_" + name, spread(getattr(self.w, name), 2))
+        self.rows, self.cols = self.row_need, self.col_need
+        coords = np.indices(shape).reshape(5, -1)
+        n, h, w, k, c = coords
+        pixel = (n * d.pH + h) * d.pW + w
+        c_ranges = [lay.c_range(i) for i in range(d.pC)]
+        k_ranges = [lay.k_range(i) for i in range(d.pK)]
+        in_own = np.array([[_size(sub_range(c_ranges[ci], d.pK, ki)) for ki in range(d.pK)] for ci in range(d.pC)])
+        k_own = np.array([[_size(sub_range(k_ranges[ki], d.pC, ci)) for ci in range(d.pC)] for ki in range(d.pK)])
+        self.in_own = in_own[c, k]
+        self.k_own = k_own[k, c]
+        cb_of = np.array([_size(r) for r in c_ranges])[c]
+        self.w_own = cb_of // d.pixel + (pixel < cb_of % d.pixel)   # block_range sizes by index
+        if stream:
+            panels = [lay.c_panels(ci, panel or DEFAULT_PANEL) for ci in range(d.pC)]
+            self.npanels = np.array([len(pl) for pl in panels])[c]
+            self.width = np.array([max((hi - lo for lo, hi, _, _ in pl), default=0) for pl in panels])[c]
+        else:
+            self.npanels = (self.cb > 0).astype(np.int64)
+            self.width = self.cb
+        self.stream = stream
+
+
+def _allgather_mem(mem, p, lead, total):
+    """Memory of :func:`~cnnmm.algorithms.panels.allgather_channels`; returns the tile size."""
+    if p == 1:
+        return np.zeros_like(total)
+    flat = np.where(lead > 1, total, 0)
+    mem.alloc(flat)
+    mem.alloc(total)
+    mem.free(flat)
+    return total
+
+
+def _halo_forward(g, mem, cb):
+    """Memory of :meth:`~cnnmm.layout.InputHalo.forward`; returns the extended tile size."""
+    skip = g.row_trivial & g.col_trivial
+    mid = np.where(skip, 0, g.nb * cb * g.rows * g.col_own)
+    ext = np.where(skip, 0, g.nb * cb * g.rows * g.cols)
+    mem.alloc(mid)
+    mem.alloc(np.where(skip, 0, g.nb * cb * (g.row_send + g.row_recv) * g.col_own))
+    mem.free(np.where(skip, 0, g.nb * cb * (g.row_send + g.row_recv) * g.col_own))
+    mem.alloc(ext)
+    pieces = np.where(skip, 0, g.nb * cb * g.rows * (g.col_send + g.col_recv))
+    mem.alloc(pieces)
+    mem.free(pieces)
+    mem.free(mid)
+    return ext
+
+
+def _halo_adjoint(g, mem, cb):
+    skip = g.row_trivial & g.col_trivial
+    mid = np.where(skip, 0, g.nb * cb * g.rows * g.col_own)
+    mem.alloc(mid)
+    pieces = np.where(skip, 0, g.nb * cb * g.rows * (g.col_send + g.col_recv))
+    mem.alloc(pieces)
+    mem.free(pieces)
+    pieces = np.where(skip, 0, g.nb * cb * (g.row_send + g.row_recv) * g.col_own)
+    mem.alloc(pieces)
+    mem.free(pieces)
+    mem.free(mid)
 
 
 class _Tally:
-    def __init__(self):
-        self.words = dict.fromkeys(("halo", "input", "weights", "output"), 0)
-        self.msgs = dict.fromkeys(("halo", "input", "weights", "output"), 0)
+    def __init__(self, size):
+        self.words = {ph: np.zeros(size, np.int64) for ph in _PHASES}
+        self.msgs = {ph: np.zeros(size, np.int64) for ph in _PHASES}
+        self.calls = []
 
-    def add(self, phase, words, msgs):
+    def add(self, phase, op, p, words, msgs, count, volume):
+        """``count`` calls of ``op`` on ``p`` ranks moving ``volume`` words in all (for the time
+        model: a broadcast or reduce's whole panels, a collective's received words, a halo's
+        pieces), counted as ``words``/``msgs`` received."""
         self.words[phase] += words
         self.msgs[phase] += msgs
+        self.calls.append((op, p, volume, count))
 
 
-def _halo(t, g, adjoint=False):
-    """Input halo exchange (or its adjoint) of a ``csub``-channel shard."""
-    nb, cb = g.nb, g.in_own
-    _, send_h, recv_h = g.halo_h
-    _, send_w, recv_w = g.halo_w
-    rows_in, cols_in = (send_h, send_w) if adjoint else (recv_h, recv_w)
-    t.add("halo", sum(nb * cb * _size(ov) * g.own_cols for _, ov in rows_in), len(rows_in))
-    t.add("halo", sum(nb * cb * g.rows * _size(ov) for _, ov in cols_in), len(cols_in))
+def _source(t, g, mem, p, lead, rest, own, phase, keep):
+    """A tensor's C panels gathered over a fiber of ``p`` ranks (broadcasts or one allgather).
 
-
-def _fiber(t, g, p, stream, lead, rest, own, phase, reduce):
-    """Panels of a tensor split over a fiber of ``p`` ranks, gathered (broadcast per panel, or
-    one allgather) or, with ``reduce``, summed (reduce per panel to its owner, or one
-    reduce-scatter)."""
+    Returns the elements retained for later passes (``keep``) beyond the caller's own."""
+    total = lead * g.cb * rest
     if p == 1:
-        return
-    if stream:
-        for width, mine_in, mine_w in g.panels:
-            size = lead * width * rest
-            mine = mine_in if phase == "input" else mine_w
-            if size:
-                received = ((p - 1) * size if mine else 0) if reduce else (0 if mine else size)
-                t.add(phase, received, _log2(p))
-    elif lead * g.cb * rest:
-        t.add(phase, lead * ((p - 1) * own if reduce else g.cb - own) * rest, _log2(p))
+        return np.zeros_like(total)
+    live = total > 0
+    if g.stream:
+        t.add(phase, "bcast", p, np.where(live, lead * (g.cb - own) * rest, 0),
+              np.where(live, g.npanels * _log2(p), 0), np.where(live, g.npanels, 0), np.where(live, total, 0))
+        kept = total if keep else np.zeros_like(total)
+        mem.alloc(kept)
+        mem.alloc(lead * g.width * rest)  # the panel buffer
+        return kept
+    t.add(phase, "allgather", p, np.where(live, lead * (g.cb - own) * rest, 0), np.where(live, _log2(p), 0),
+          live.astype(np.int64), np.where(live, lead * (g.cb - own) * rest, 0))
+    return _allgather_mem(mem, p, lead, total)
 
 
-def _dout(t, g, pc):
-    if pc > 1 and g.nb * g.kb * g.bp * g.bq:
-        t.add("output", g.nb * (g.kb - g.k_own) * g.bp * g.bq, _log2(pc))
+def _sink(t, g, mem, p, lead, rest, own, phase):
+    """Gradient panels summed over a fiber of ``p`` ranks (reduce per panel, or reduce-scatter);
+    allocates the sink and returns a function that frees it and leaves the result."""
+    total = lead * g.cb * rest
+    live = total > 0
+    if g.stream:
+        if p > 1:
+            t.add(phase, "reduce", p, np.where(live, (p - 1) * lead * own * rest, 0),
+                  np.where(live, g.npanels * _log2(p), 0), np.where(live, g.npanels, 0), np.where(live, total, 0))
+        buf = lead * g.width * rest
+        mem.alloc(lead * own * rest)
+        mem.alloc(buf)
+        mem.alloc(buf if p > 1 else np.zeros_like(buf))
+
+        def finish():
+            mem.free(buf)
+            mem.free(buf if p > 1 else np.zeros_like(buf))
+        return finish
+    mem.alloc(total)
+    if p > 1:
+        t.add(phase, "reduce_scatter", p, np.where(live, (p - 1) * lead * own * rest, 0),
+              np.where(live, _log2(p), 0), live.astype(np.int64), np.where(live, (p - 1) * lead * own * rest, 0))
+
+    def finish():
+        if p > 1:
+            mem.alloc(total)
+            mem.alloc(lead * own * rest)
+            mem.free(total)
+            mem.free(total)
+    return finish
 
 
-def predict_rank(spec, dims, coords, algorithm="2d", pass_="fwd", panel=None, saved=()):
-    """Predicted :class:`RankCost` of one pass on the rank at ``coords``.
+def _halo_words(t, g, adjoint):
+    cb = g.in_own
+    rows_n, cols_n = (g.row_send, g.col_send) if adjoint else (g.row_recv, g.col_recv)
+    nmsg = (g.row_nsend + g.col_nsend) if adjoint else (g.row_nrecv + g.col_nrecv)
+    words = g.nb * cb * (rows_n * g.col_own + g.rows * cols_n)
+    t.add("halo", "p2p", 2, words, nmsg, nmsg, words)
 
-    ``saved`` names tiles retained from earlier passes of a training step (``"input"``,
-    ``"weight"``, ``"dout"``), which the pass then does not move.
+
+def rank_costs(spec, dims, algorithm="2d", pass_="fwd", panel=None, saved=None):
+    """:class:`RankCosts` of one pass on every rank of the grid ``dims``.
+
+    ``saved`` mirrors the passes' argument: ``None`` for a pass that retains nothing, or the
+    set of tiles earlier passes of a training step already retained (``"input"``,
+    ``"weight"``, ``"dout"``; empty for its forward pass). Retained tiles count as live memory
+    and move nothing; with ``saved`` set, the pass also retains what it gathers.
     """
     from .algorithms import get
     if pass_ not in PASSES:
-        raise CnnmmError(f"unknown pass {pass_!r}: choose one of {', '.join(PASSES)}")
-    stream = get(algorithm).stream
-    dims, coords = GridDims(*dims), GridDims(*coords)
-    g = _Geometry(spec, dims, coords, stream, panel)
-    t = _Tally()
+        raise AlgorithmError(f"unknown pass {pass_!r}: choose one of {', '.join(PASSES)}")
+    dims = GridDims(*dims)
+    g = _Grid(spec, dims, get(algorithm).stream, panel)
+    d, size = dims, dims.size
+    retain, have = saved is not None, set(saved or ())
+    t = _Tally(size)
     rs = spec.R * spec.S
     hw = g.rows * g.cols
-    need_input = pass_ == "fwd" or (pass_ == "bwd-weight" and "input" not in saved)
-    if need_input:
-        _halo(t, g)
-        _fiber(t, g, dims.pK, stream, g.nb, hw, g.in_own, "input", reduce=False)
-    if pass_ != "fwd" and "dout" not in saved:
-        _dout(t, g, dims.pC)
-    if pass_ == "fwd" or (pass_ == "bwd-data" and "weight" not in saved):
-        _fiber(t, g, dims.pixel, stream, g.kb, rs, g.w_own, "weights", reduce=False)
-    if pass_ == "fwd" and dims.pC > 1 and g.nb * g.kb * g.bp * g.bq:
-        t.add("output", (dims.pC - 1) * g.nb * g.k_own * g.bp * g.bq, _log2(dims.pC))
-    if pass_ == "bwd-data":
-        _fiber(t, g, dims.pK, stream, g.nb, hw, g.in_own, "input", reduce=True)
-        _halo(t, g, adjoint=True)
-    if pass_ == "bwd-weight":
-        _fiber(t, g, dims.pixel, stream, g.kb, rs, g.w_own, "weights", reduce=True)
+    x_tile, w_tile, dy_tile = g.nb * g.cb * hw, g.kb * g.cb * rs, g.nb * g.kb * g.bp * g.bq
+    halo_free = g.row_trivial & g.col_trivial
+    held = np.zeros(size, np.int64)   # retained tiles beyond the caller's own shards
+    if "input" in have:
+        held += x_tile if d.pK > 1 else np.where(halo_free, 0, x_tile)
+    if "weight" in have and d.pixel > 1:
+        held += w_tile
+    if "dout" in have and d.pC > 1:
+        held += dy_tile
+    mem = _Mem(held)
+
+    def gather_input():
+        ext = _halo_forward(g, mem, g.in_own)
+        _halo_words(t, g, adjoint=False)
+        tile = _source(t, g, mem, d.pK, g.nb, hw, g.in_own, "input", keep=retain)
+
+        def release():
+            if g.stream:
+                mem.free(g.nb * g.width * hw if d.pK > 1 else 0)   # the panel buffer
+            elif not retain:
+                mem.free(tile)
+            if not (retain and d.pK == 1):                         # else ext is the retained tile
+                mem.free(ext)
+        return release
+
+    def gather_weights():
+        tile = _source(t, g, mem, d.pixel, g.kb, rs, g.w_own, "weights", keep=retain)
+
+        def release():
+            if g.stream:
+                mem.free(g.kb * g.width * rs if d.pixel > 1 else 0)
+            elif not retain:
+                mem.free(tile)
+        return release
+
+    if pass_ == "fwd":
+        release_x = gather_input()
+        release_w = gather_weights()
+        mem.alloc(dy_tile)                                         # the output tile
+        release_x()
+        release_w()
+        if d.pC > 1:
+            live = dy_tile > 0
+            own = g.nb * g.k_own * g.bp * g.bq
+            t.add("output", "reduce_scatter", d.pC, np.where(live, (d.pC - 1) * own, 0),
+                  np.where(live, _log2(d.pC), 0), live.astype(np.int64), np.where(live, (d.pC - 1) * own, 0))
+            mem.alloc(dy_tile)                                     # packed copy
+            mem.alloc(own)
+            mem.free(dy_tile)
+            mem.free(dy_tile)
+    else:
+        dy_alloc = np.zeros(size, np.int64)
+        if "dout" not in have:
+            live = dy_tile > 0
+            if d.pC > 1:
+                words = np.where(live, g.nb * (g.kb - g.k_own) * g.bp * g.bq, 0)
+                t.add("output", "allgather", d.pC, words, np.where(live, _log2(d.pC), 0), live.astype(np.int64),
+                      words)
+            dy_alloc = _allgather_mem(mem, d.pC, g.nb, dy_tile)
+        if pass_ == "bwd-data":
+            release_w = gather_weights() if "weight" not in have else (lambda: None)
+            finish = _sink(t, g, mem, d.pK, g.nb, hw, g.in_own, "input")
+            if not retain:
+                mem.free(dy_alloc)
+            release_w()
+            finish()
+            mem.alloc(g.nb * g.in_own * g.row_own * g.col_own)           # dx
+            _halo_adjoint(g, mem, g.in_own)
+            _halo_words(t, g, adjoint=True)
+            mem.free(g.nb * g.in_own * hw)                          # the extended-tile gradient
+        else:
+            release_x = gather_input() if "input" not in have else (lambda: None)
+            finish = _sink(t, g, mem, d.pixel, g.kb, rs, g.w_own, "weights")
+            if not retain:
+                mem.free(dy_alloc)
+            release_x()
+            finish()
     flops = 2 * g.nb * g.kb * g.cb * g.bp * g.bq * rs
-    return RankCost(t.words, t.msgs, flops)
+    calls = np.where(flops > 0, g.npanels, 0)
+    return RankCosts(t.words, t.msgs, flops, calls, mem.peak * spec.itemsize, t.calls)
 
 
-def predict(spec, dims, algorithm="2d", pass_="fwd", panel=None, saved=(), machine=Machine()):
-    """Busiest-rank figures over the whole grid: dict of words, msgs, flops, time."""
+def predict_rank(spec, dims, coords, algorithm="2d", pass_="fwd", panel=None, saved=None):
+    """The :class:`RankCosts` entries of the rank at ``coords`` as plain numbers:
+    a namespace with ``words``/``msgs`` dicts, ``total_words``, ``total_msgs``, ``flops``,
+    ``peak_bytes``."""
     dims = GridDims(*dims)
-    lay = ConvLayout(spec, dims)
-    costs = [predict_rank(spec, dims, c, algorithm, pass_, panel, saved) for c in lay.all_coords()]
-    words = max(c.total_words for c in costs)
-    msgs = max(c.total_msgs for c in costs)
-    flops = max(c.flops for c in costs)
-    scale = spec.itemsize / 4
-    time = max(machine.alpha * c.total_msgs + machine.beta * scale * c.total_words + machine.gamma * c.flops
-               for c in costs)
-    return {"words": words, "msgs": msgs, "flops": flops, "time": time}
+    costs = rank_costs(spec, dims, algorithm, pass_, panel, saved)
+    rank = int(np.ravel_multi_index(tuple(coords), tuple(dims)))
+    words = {ph: int(v[rank]) for ph, v in costs.words.items()}
+    msgs = {ph: int(v[rank]) for ph, v in costs.msgs.items()}
+    return _RankView(words, msgs, int(costs.flops[rank]), int(costs.peak_bytes[rank]))
 
 
-def lower_bound_words(spec, nranks):
-    """Memory-independent lower bound on words per rank (design note §2.2), at least 0."""
-    sizes = spec.sizes()
-    rho = max(1.0, spec.R / spec.stride[0]) * max(1.0, spec.S / spec.stride[1])
-    bound = 3 * (spec.macs / nranks) ** (2 / 3) * rho ** (-1 / 3) - sum(sizes.values()) / nranks
-    return max(0.0, bound)
+@dataclasses.dataclass
+class _RankView:
+    words: dict
+    msgs: dict
+    flops: int
+    peak_bytes: int
+
+    @property
+    def total_words(self):
+        return sum(self.words.values())
+
+    @property
+    def total_msgs(self):
+        return sum(self.msgs.values())
 
 
-def choose_grid(spec, nranks, algorithm="2d", machine=Machine(), template=None):
-    """The grid with the least predicted forward time for ``algorithm`` on ``nranks`` ranks.
+def predict(spec, dims, algorithm="2d", pass_="fwd", panel=None, saved=None, profile=None):
+    """Busiest-rank figures: dict of ``words``, ``msgs``, ``flops``, ``peak_bytes`` (each the
+    max over ranks) and ``time`` (the max over ranks of the predicted time, seconds)."""
+    from .profiles import default_profile
+    costs = rank_costs(spec, dims, algorithm, pass_, panel, saved)
+    time = (profile or default_profile()).time(costs, spec, pass_)
+    return {"words": int(costs.total_words.max()), "msgs": int(costs.total_msgs.max()),
+            "flops": int(costs.flops.max()), "peak_bytes": int(costs.peak_bytes.max()),
+            "time": float(time.max())}
 
-    ``template`` (a :class:`GridDims` with 0 for free extents) restricts the search. Ties break
-    towards fewer words, then fewer split dimensions.
-    """
-    from .algorithms import get
-    algo = get(algorithm)
-    best = None
-    for t in factorizations(nranks):
-        dims = GridDims(*t)
-        if template is not None and any(want and want != got for want, got in zip(template, dims)):
-            continue
-        try:
-            algo.check_grid(dims)
-        except CnnmmError:
-            continue
-        p = predict(spec, dims, algorithm, machine=machine)
-        key = (p["time"], p["words"], sum(v > 1 for v in dims))
-        if best is None or key < best[0]:
-            best = (key, dims)
-    if best is None:
-        raise CnnmmError(f"no grid of {nranks} ranks fits {template} for algorithm {algorithm!r}")
-    return best[1]
+
+def words_identity_check(spec, dims):
+    """Design note §4.3 identity, for evenly dividing sizes and no halo: forward words of the
+    gather algorithm equal ``(In_tile + W_tile + Out_tile) - (|In| + |W| + |Out|)/P``."""
+    costs = rank_costs(spec, dims, "3d", "fwd")
+    d = GridDims(*dims)
+    tiles = (spec.N // d.pN) * (spec.C // d.pC) * (spec.H // d.pH) * (spec.W // d.pW) \
+        + (spec.K // d.pK) * (spec.C // d.pC) * spec.R * spec.S \
+        + (spec.N // d.pN) * (spec.K // d.pK) * (spec.P // d.pH) * (spec.Q // d.pW)
+    owned = sum(spec.sizes().values()) // d.size
+    return int(costs.total_words.max()), tiles - owned

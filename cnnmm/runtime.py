@@ -8,13 +8,58 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["THREAD_VARS", "default_thread_env", "local_ranks", "warm_kernels"]
+__all__ = ["THREAD_VARS", "default_thread_env", "local_ranks", "set_threads", "get_threads", "warm_kernels"]
 
 #: Environment variables that size the BLAS/OpenMP and Numba thread pools.
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 # Set by the common launchers: MPICH/Hydra, Open MPI, Intel MPI, SLURM's srun.
 _LOCAL_SIZE_VARS = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE")
+
+
+# Set by launchers in every rank of a multi-process job: MPICH/Hydra and Intel MPI (PMI_SIZE),
+# Open MPI, SLURM's srun.
+_WORLD_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_NTASKS")
+
+
+def _launched_ranks(environ=os.environ):
+    for var in _WORLD_SIZE_VARS:
+        value = environ.get(var, "")
+        if value.isdigit():
+            return int(value)
+    return 1
+
+
+def install_abort_hook():
+    """Make an uncaught exception in a multi-rank job abort the whole job.
+
+    Without it, a rank that fails (even at import, before ``MPI_Init``) exits while the others
+    wait for it in a collective or in ``MPI_Init`` itself: a hang. The hook prints the
+    traceback, then initialises MPI if needed and calls ``MPI_Abort``. It is installed when
+    cnnmm is imported in a process a launcher started as one of several ranks; set
+    ``CNNMM_ABORT_HOOK=0`` to keep Python's default behaviour.
+    """
+    import sys
+    if os.environ.get("CNNMM_ABORT_HOOK", "1") == "0" or _launched_ranks() <= 1:
+        return
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        previous(kind, value, tb)
+        if issubclass(kind, KeyboardInterrupt):
+            return
+        try:
+            sys.stderr.flush()
+            from mpi4py import MPI
+            if MPI.Is_initialized() and not MPI.Is_finalized() and MPI.COMM_WORLD.Get_size() > 1:
+                MPI.COMM_WORLD.Abort(1)
+            elif not MPI.Is_initialized():
+                MPI.Init()
+                MPI.COMM_WORLD.Abort(1)
+        except Exception:  # noqa: BLE001 - nothing more can be done; fall back to exit
+            os._exit(1)
+
+    sys.excepthook = hook
 
 
 def local_ranks(environ=os.environ):
@@ -45,6 +90,45 @@ def default_thread_env(environ=os.environ):
     for var in THREAD_VARS:
         environ[var] = str(threads)
     return threads
+
+
+def set_threads(n, environ=os.environ):
+    """Make this process use exactly ``n`` threads: Numba and BLAS pools together.
+
+    Works before or after numpy and numba are imported: sets :data:`THREAD_VARS` (for pools
+    not created yet and for child processes), then resizes the pools that exist: Numba's (up
+    to the size it was launched with) and the loaded BLAS's (through its own
+    ``*_set_num_threads`` call, :mod:`cnnmm.kernels.blas`).
+    Returns :func:`get_threads`.
+    """
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"threads={n}: must be at least 1")
+    import sys
+    for var in THREAD_VARS:
+        # Numba re-reads its variable at each compilation and refuses a change once its pool
+        # is launched: once loaded, its pool is resized below instead.
+        if not (var == "NUMBA_NUM_THREADS" and environ is os.environ and "numba" in sys.modules):
+            environ[var] = str(n)
+    import numba
+
+    from .kernels import blas
+    blas.set_threads(n)
+    try:
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    except (ValueError, RuntimeError):  # no threading layer here: nothing parallel to size
+        pass
+    return get_threads()
+
+
+def get_threads():
+    """The thread counts in force: ``{"numba", "blas"}`` (``blas`` None when the library cannot
+    be asked)."""
+    import numba
+
+    from .kernels import blas
+    return {"numba": numba.get_num_threads(), "blas": blas.get_threads()}
+
 
 _warmed = set()
 

@@ -29,6 +29,8 @@ if __name__ == "__main__":
         _redirect(rank)
     import pytest
 
-    args = sys.argv[1:] or [os.path.join(HERE, "mpi")]
+    args = sys.argv[1:]
+    if not any(os.path.exists(a.split("::")[0]) for a in args):
+        args.append(os.path.join(HERE, "mpi"))  # options only: run the MPI suites
     sys.exit(pytest.main(["--with-mpi", "-x", "-q", "-p", "no:cacheprovider", "--rootdir", os.path.dirname(HERE),
                           *args]))

@@ -137,3 +137,22 @@ def test_net_run_appends_json_lines(tmp_path):
     from cnnmm import nets
     assert [r["net_layer"] for r in records] == [layer.name for layer in nets.layers("resnet50")]
     assert all(r["net"] == "resnet50" and r["words_max"] == r["words_predicted"] for r in records)
+
+
+IMPORT_FAILURE_SCRIPT = """
+import os
+import cnnmm
+rank = int(os.environ.get("PMI_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0")))
+if rank == 1:
+    raise ImportError("rank 1 fails before MPI is initialised")
+from mpi4py import MPI
+MPI.COMM_WORLD.Barrier()   # the other ranks would wait here (or in MPI_Init) forever
+"""
+
+
+def test_failure_before_mpi_init_aborts_instead_of_hanging():
+    start = time.monotonic()
+    result = mpiexec(3, [sys.executable, "-c", IMPORT_FAILURE_SCRIPT], timeout=60)
+    assert time.monotonic() - start < 60
+    assert result.returncode != 0
+    assert "rank 1 fails before MPI is initialised" in result.stderr

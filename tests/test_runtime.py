@@ -34,3 +34,13 @@ def test_local_ranks_parses_slurm_lists(monkeypatch):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "4(x2)")
     assert local_ranks() == 4
+
+
+def test_set_threads_resizes_numba_and_blas_together():
+    from cnnmm.runtime import get_threads, set_threads
+    before = get_threads()
+    try:
+        got = set_threads(1)
+        assert got["numba"] == 1 and got["blas"] in (1, None)
+    finally:
+        set_threads(max(1, before["numba"]))

@@ -3,6 +3,7 @@
 ==========  =================================================================================
 name        what it is
 ==========  =================================================================================
+``auto``    the planner's choice of algorithm and grid (:mod:`cnnmm.planner`)
 ``2d``      SUMMA on ``(pN*pH*pW) x pK`` with ``pC = 1``: C panels streamed by broadcast
 ``2.5d``    SUMMA inside ``c = pC`` channel layers; partial outputs reduce-scattered
 ``3d``      whole tiles allgathered over the K and pixel fibers, output reduce-scattered
@@ -30,7 +31,7 @@ STRATEGIES = {
     "channel": lambda p: GridDims(1, 1, 1, 1, p),
 }
 
-NAMES = tuple(ALGORITHMS) + tuple(STRATEGIES)
+NAMES = ("auto",) + tuple(ALGORITHMS) + tuple(STRATEGIES)
 
 
 def get(name):
@@ -44,14 +45,14 @@ def get(name):
         raise AlgorithmError(f"unknown algorithm {name!r}: choose one of {', '.join(NAMES)}") from None
 
 
-def resolve(name, grid, spec, nranks, replication=None):
+def resolve(name, grid, spec, nranks, replication=None, profile=None):
     """``(algorithm, GridDims)`` for an algorithm or strategy name and an optional grid.
 
-    A strategy fixes the grid, so giving both is an error; with an algorithm and no grid the
-    planner chooses one (with ``pC = replication`` when given). Raises the same error on every
-    rank for the same arguments.
+    ``auto`` lets the planner choose algorithm and grid; a strategy fixes the grid, so giving
+    both is an error; an algorithm without a grid gets the planner's grid for it (with
+    ``pC = replication`` when given). Raises the same error on every rank for the same arguments.
     """
-    from .. import cost
+    from ..planner import plan_layer
     if replication is not None:
         if isinstance(replication, bool) or not isinstance(replication, int) or replication < 1:
             raise GridError(f"replication={replication!r}: must be a positive integer")
@@ -61,16 +62,26 @@ def resolve(name, grid, spec, nranks, replication=None):
         if grid is not None or replication is not None:
             raise GridError(f"strategy {name!r} fixes the grid; drop the grid and replication or use "
                             f"algorithm '3d' with them")
-        return ALGORITHMS["3d"], cost.choose_grid(spec, nranks, "3d", template=STRATEGIES[name](nranks))
-    algo = get(name)
+        plan = plan_layer(spec, nranks, ["3d"], profile=profile, template=STRATEGIES[name](nranks))
+        return ALGORITHMS["3d"], plan.dims
+    if name != "auto":
+        get(name)
+    choices = list(ALGORITHMS) if name == "auto" else [name]
     if grid is None:
-        template = None if replication is None else GridDims(0, 0, 0, 0, replication)
-        if template is not None:
-            algo.check_grid(GridDims(1, 1, 1, 1, replication))
-        dims = cost.choose_grid(spec, nranks, algo.name, template=template)
-    else:
-        dims = (grid if isinstance(grid, GridDims) else GridDims.parse(grid)).resolve(nranks)
-        if replication is not None and dims.pC != replication:
-            raise GridError(f"grid {dims} has pC={dims.pC} but replication c={replication} was asked for")
+        if replication is not None:
+            if name == "2d" and replication > 1:
+                ALGORITHMS["2d"].check_grid(GridDims(1, 1, 1, 1, replication))
+            template = GridDims(0, 0, 0, 0, replication)
+            choices = [c for c in choices if not (c == "2.5d" and replication == 1)] or choices
+        else:
+            template = None
+        plan = plan_layer(spec, nranks, choices, profile=profile, template=template)
+        return ALGORITHMS[plan.algorithm], plan.dims
+    dims = (grid if isinstance(grid, GridDims) else GridDims.parse(grid)).resolve(nranks)
+    if replication is not None and dims.pC != replication:
+        raise GridError(f"grid {dims} has pC={dims.pC} but replication c={replication} was asked for")
+    if name == "auto":
+        name = "2d" if dims.pC == 1 else "3d"
+    algo = get(name)
     algo.check_grid(dims)
     return algo, dims

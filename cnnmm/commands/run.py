@@ -28,8 +28,9 @@ def add_arguments(p):
                            f"AxB sets height and width apart (default: {DEFAULT_LAYER})")
     what.add_argument("--net", default=None, help="run every conv layer of a network: resnet50 or vgg16")
     p.add_argument("--batch", type=int, default=8, help="batch size N of the --net layers (default: %(default)s)")
-    p.add_argument("--algo", default="2d", help=f"algorithm or strategy: {', '.join(NAMES)} (default: %(default)s)")
+    p.add_argument("--algo", default="auto", help=f"algorithm or strategy: {', '.join(NAMES)} (default: %(default)s)")
     p.add_argument("--grid", default=None, help="pN,pH,pW,pK,pC; 0 = let MPI choose (default: planner's choice)")
+    p.add_argument("--profile", default=None, help="machine profile for the planner: a built-in name or a JSON file")
     p.add_argument("--replication", type=int, default=None, metavar="c",
                    help="replication factor c = pC for the planner to keep (2.5d, 3d)")
     p.add_argument("--panel", type=int, default=None, help="SUMMA panel width in channels")
@@ -41,6 +42,8 @@ def add_arguments(p):
     p.add_argument("--repeat", type=int, default=3, help="timed repetitions (median reported)")
     p.add_argument("--verify", action="store_true", help="compare with the float64 reference on rank 0")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="threads per rank for the kernels, Numba and BLAS (default: cores / ranks on the node)")
     p.add_argument("--json", action="store_true", help="one JSON object per pass on stdout")
     p.add_argument("--output", default=None, metavar="FILE",
                    help="append the report (JSON lines with --json) to FILE instead of stdout")
@@ -74,6 +77,9 @@ def main(args):
 
     from ..comm import collective_check
 
+    if args.threads is not None:
+        from ..runtime import set_threads
+        set_threads(args.threads)
     comm = MPI.COMM_WORLD
     targets = collective_check(comm, lambda: _targets(args))
     status = 0
@@ -102,10 +108,10 @@ def run_layer(comm, spec, args):
     import numpy as np
     from mpi4py import MPI
 
-    from .. import cost
+    from .. import bounds, cost
     from ..api import Conv2d
 
-    layer = Conv2d(spec, comm, args.algo, args.grid, args.panel, args.replication)
+    layer = Conv2d(spec, comm, args.algo, args.grid, args.panel, args.replication, profile=args.profile)
     passes = list(PASSES) if args.pass_ == "train" else [args.pass_]
     retain = args.pass_ == "train" and args.retain == "yes"
     say(f"cnnmm: {spec} {spec.dtype} | {layer.algorithm.name} | {layer.dims.describe()} | "
@@ -130,7 +136,7 @@ def run_layer(comm, spec, args):
             out = getattr(layer, method)(*(local[name] for name in inputs), saved=saved)
             times[pass_].append(comm.allreduce(MPI.Wtime() - t0, op=MPI.MAX))
             words, msgs = layer.ledger.total()
-            stats[pass_] = (words, msgs, layer.meter.peak, layer.ledger.as_dict(), tuple(sorted(have)))
+            stats[pass_] = (words, msgs, layer.meter.peak, layer.ledger.as_dict(), set(have) if retain else None)
             results[pass_] = (result_layout, out)
             if retain:
                 have.update(adds)
@@ -139,17 +145,25 @@ def run_layer(comm, spec, args):
     records = []
     for pass_ in passes:
         words, msgs, peak, phases, had = stats[pass_]
+        model = cost.rank_costs(spec, layer.dims, layer.algorithm.name, pass_, args.panel, had)
+        lower = bounds.lower_bounds(spec, comm.size, int(model.peak_bytes.max()) / spec.itemsize)
         record = {
             "algo": layer.algorithm.name, "grid": layer.dims.as_dict(), "P": comm.size, "pass": pass_,
             "dtype": spec.dtype, "layer": str(spec), "time_s": float(np.median(times[pass_])),
             "times_s": times[pass_], "retain": retain,
             "words_max": comm.allreduce(words, op=MPI.MAX), "msgs_max": comm.allreduce(msgs, op=MPI.MAX),
             "peak_bytes": comm.allreduce(peak, op=MPI.MAX),
-            "words_predicted": cost.predict(spec, layer.dims, layer.algorithm.name, pass_, args.panel, had)["words"],
-            "words_lower_bound": cost.lower_bound_words(spec, comm.size),
+            "words_predicted": int(model.total_words.max()), "msgs_predicted": int(model.total_msgs.max()),
+            "peak_bytes_predicted": int(model.peak_bytes.max()),
+            "time_predicted_s": float(layer.profile.time(model, spec, pass_).max()),
+            "words_lower_bound": lower["alg"], "words_lower_bound_indep": lower["indep"],
+            "words_lower_bound_mem": lower["mem"], "words_lower_bound_grid": lower["grid"],
             "phases": _max_phases(comm, phases),
         }
         record["gflops"] = spec.flops / record["time_s"] / 1e9 if record["time_s"] > 0 else None
+        for key in ("alg", "grid"):
+            bound = lower[key]
+            record[f"words_ratio_{key}"] = record["words_max"] / bound if bound > 0 else None
         gathered = layer.gather(*results[pass_])
         if args.verify and comm.rank == 0:
             say(f"cnnmm: verifying {pass_} against the float64 reference")
@@ -181,9 +195,12 @@ def _report(r):
         f"layer     {r['layer']} ({r['dtype']})",
         f"algorithm {r['algo']} on grid " + " ".join(f"{k}={v}" for k, v in r["grid"].items()) + f" (P={r['P']})",
         f"time      {r['time_s'] * 1e3:.2f} ms median of {len(r['times_s'])}  ({r['gflops']:.1f} GFLOP/s)",
-        f"words     {r['words_max']} max per rank (model {r['words_predicted']}, "
-        f"lower bound {r['words_lower_bound']:.0f}), {r['msgs_max']} messages",
-        f"memory    {human_bytes(r['peak_bytes'])} peak algorithm buffers per rank",
+        f"words     {r['words_max']} max per rank (model {r['words_predicted']}; lower bounds "
+        f"{r['words_lower_bound']:.0f} any algorithm, {r['words_lower_bound_grid']:.0f} any grid), "
+        f"{r['msgs_max']} messages",
+        f"memory    {human_bytes(r['peak_bytes'])} peak algorithm buffers per rank "
+        f"(model {human_bytes(r['peak_bytes_predicted'])})",
+        f"model     {r['time_predicted_s'] * 1e3:.2f} ms predicted time",
     ]
     if "rel_err" in r:
         verdict = "PASS" if r["verified"] else "FAIL"

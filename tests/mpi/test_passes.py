@@ -40,16 +40,19 @@ def check_training_step(comm, spec, algorithm, dims, panel, retain, arrays, refs
         saved, have = ({} if retain else None), set()
         for pass_, (method, inputs, layout, keeps) in PASSES.items():
             layer.ledger.reset()
+            layer.meter.reset_peak()
             live_before = layer.meter.live
             out = getattr(layer, method)(*(local[n] for n in inputs), saved=saved)
             counted = layer.ledger.total()
             model = cost.predict_rank(spec, layer.dims, layer.grid.coords, layer.algorithm.name, pass_, panel,
-                                      tuple(have))
+                                      set(have) if retain else None)
             where = f"{spec} {algorithm} grid {tuple(layer.dims)} panel {panel} retain {retain} {pass_}"
             assert_all(comm, counted == (model.total_words, model.total_msgs),
                        f"{where}: counted {counted} != model {(model.total_words, model.total_msgs)}")
-            if not retain:  # every work buffer freed; only the result stays live
-                assert_all(comm, layer.meter.live - live_before == out.nbytes, f"{where}: buffer leak")
+            assert_all(comm, layer.meter.peak == model.peak_bytes,
+                       f"{where}: peak bytes {layer.meter.peak} != model {model.peak_bytes}")
+            if not retain:  # every work buffer freed, the result handed over
+                assert_all(comm, layer.meter.live == live_before, f"{where}: buffer leak")
             assert_all(comm, out.shape == layer.local_shapes()[layout] and out.dtype == np.dtype(spec.dtype),
                        f"{where}: block shape {out.shape}")
             glob = layer.gather(layout, out)

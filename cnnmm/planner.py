@@ -1,0 +1,174 @@
+"""The planner: every grid and algorithm for a layer and P, filtered, ranked by predicted time.
+
+Candidates are all ordered factorisations of P over ``(pN, pH, pW, pK, pC)`` for each
+algorithm (``2d`` needs pC = 1; when both are candidates, ``2.5d`` is listed for pC > 1 only,
+since at pC = 1 it is ``2d``). A candidate is dropped when
+
+* a grid extent exceeds its dimension (empty blocks: ranks that idle),
+* a halo would need more than the nearest neighbour (blocks narrower than the halo),
+* its predicted peak memory exceeds ``memory`` bytes per rank (the worst pass of a training step).
+
+If nothing survives the first two filters (more ranks than the layer has work for) they are
+relaxed. The survivors are ranked by predicted time (:mod:`cnnmm.cost` with a
+:class:`~cnnmm.profiles.Profile`), ties broken by words, then memory, then fewer split
+dimensions. To stay fast at large P, every grid is first timed with the whole-tile algorithm
+(the same words as streaming, the fewest messages), and only the best ``shortlist`` grids are
+timed with every algorithm.
+
+A :class:`Plan` is a small printable value; the executor (:class:`cnnmm.Conv2d`) takes its
+algorithm, grid and panel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+from . import cost
+from .algorithms import ALGORITHMS
+from .bounds import lower_bounds
+from .errors import CnnmmError
+from .grid import AXES, GridDims, factorizations
+from .layout import ConvLayout
+from .profiles import default_profile
+
+__all__ = ["Plan", "plan_layer", "rank_plans", "TRAIN"]
+
+#: The passes of a training step with the tiles each finds retained.
+TRAIN = (("fwd", set()), ("bwd-data", {"input", "weight"}), ("bwd-weight", {"input", "weight", "dout"}))
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A chosen decomposition and what the model predicts for it (busiest rank)."""
+
+    spec: object
+    nranks: int
+    algorithm: str
+    dims: GridDims
+    panel: object
+    pass_: str
+    words: int
+    msgs: int
+    peak_bytes: int
+    time: float
+    per_pass: tuple = ()
+
+    @property
+    def steps(self):
+        """COSMA-style steps: ``['split N/2', 'split K/4', 'replicate over C/2']``."""
+        out = []
+        for axis, p in zip(AXES, self.dims):
+            if p > 1:
+                out.append(f"{'reduce over' if axis == 'C' else 'split'} {axis}/{p}")
+        return out or ["single rank"]
+
+    def as_dict(self):
+        return {"algo": self.algorithm, "grid": self.dims.as_dict(), "P": self.nranks, "pass": self.pass_,
+                "panel": self.panel, "words": self.words, "msgs": self.msgs, "peak_bytes": self.peak_bytes,
+                "time_s": self.time, "steps": self.steps,
+                "per_pass": [dict(zip(("pass", "words", "msgs", "peak_bytes", "time_s"), p)) for p in self.per_pass]}
+
+    def __str__(self):
+        return (f"plan {self.algorithm} on {self.dims.describe()}: {', '.join(self.steps)}; {self.pass_} words "
+                f"{self.words}, msgs {self.msgs}, peak {self.peak_bytes} B, predicted {self.time * 1e3:.3f} ms")
+
+
+def _admissible(spec, dims):
+    """Size limits and nearest-neighbour halos (see module docstring)."""
+    if dims.pN > spec.N or dims.pK > spec.K or dims.pC > spec.C or dims.pH > spec.P or dims.pW > spec.Q:
+        return False
+    lay = ConvLayout(spec, dims)
+    for count, owned, window in ((dims.pH, lay.h_range, lay.row_window), (dims.pW, lay.w_range, lay.col_window)):
+        starts = [owned(i)[0] for i in range(count)]
+        for i in range(count):
+            lo, hi = window(i)[:2]
+            if hi > lo and (lo < starts[max(i - 1, 0)] or hi > owned(min(i + 1, count - 1))[1]):
+                return False
+    return True
+
+
+def _evaluate(spec, dims, algorithm, pass_, panel, profile):
+    """``(time, words, msgs, peak, per_pass)`` of a fwd pass or a retained training step."""
+    steps = TRAIN if pass_ == "train" else ((pass_, None),)
+    per_pass = []
+    for name, saved in steps:
+        costs = cost.rank_costs(spec, dims, algorithm, name, panel, saved)
+        time = profile.time(costs, spec, name)
+        per_pass.append((name, int(costs.total_words.max()), int(costs.total_msgs.max()),
+                         int(costs.peak_bytes.max()), float(time.max())))
+    return (sum(p[4] for p in per_pass), sum(p[1] for p in per_pass), sum(p[2] for p in per_pass),
+            max(p[3] for p in per_pass), tuple(per_pass))
+
+
+def rank_plans(spec, nranks, algorithms=None, pass_="fwd", memory=None, profile=None, template=None,
+               panel=None, shortlist=48):
+    """All admissible plans, best first (see module docstring).
+
+    Parameters
+    ----------
+    algorithms : sequence of str, optional
+        Default: ``2d``, ``2.5d`` and ``3d``.
+    pass_ : {"fwd", "bwd-data", "bwd-weight", "train"}
+    memory : int, optional
+        Bytes per rank the algorithm's buffers may use.
+    template : GridDims, optional
+        Non-zero entries fix those extents.
+    """
+    profile = profile or default_profile()
+    algorithms = list(algorithms or ("2d", "2.5d", "3d"))
+    for name in algorithms:
+        if name not in ALGORITHMS:
+            raise CnnmmError(f"unknown algorithm {name!r}: choose from {', '.join(ALGORITHMS)}")
+    grids = [GridDims(*t) for t in factorizations(nranks)
+             if template is None or all(w in (0, g) for w, g in zip(template, t))]
+    usable = [g for g in grids if _admissible(spec, g)] or grids
+    screen = "3d" if "3d" in algorithms else algorithms[0]
+    scored = []
+    for dims in usable:
+        if screen == "2d" and dims.pC != 1:
+            continue
+        scored.append((_evaluate(spec, dims, screen, pass_, panel, profile)[0], dims))
+    scored.sort(key=lambda s: s[0])
+    plans = []
+    for _, dims in scored[:shortlist]:
+        for name in algorithms:
+            if (name == "2d" and dims.pC != 1) or (name == "2.5d" and dims.pC == 1 and "2d" in algorithms):
+                continue
+            time, words, msgs, peak, per_pass = _evaluate(spec, dims, name, pass_, panel, profile)
+            if memory is not None and peak > memory:
+                continue
+            plans.append(Plan(spec, nranks, name, dims, panel, pass_, words, msgs, peak, time, per_pass))
+    plans.sort(key=lambda p: (p.time, p.words, p.peak_bytes, sum(v > 1 for v in p.dims)))
+    return plans
+
+
+def plan_layer(spec, nranks, algorithms=None, pass_="fwd", memory=None, profile=None, template=None,
+               panel=None):
+    """The best :class:`Plan`; :class:`CnnmmError` when no grid fits the memory limit."""
+    algorithms = list(algorithms or ("2d", "2.5d", "3d"))
+    plans = rank_plans(spec, nranks, algorithms, pass_, memory, profile, template, panel, shortlist=48)
+    if plans:
+        return plans[0]
+    if memory is None:
+        raise CnnmmError(f"no grid of {nranks} ranks matches {template} for algorithms {', '.join(algorithms)}")
+    least = min(p.peak_bytes for p in rank_plans(spec, nranks, algorithms, pass_, None, profile, template, panel))
+    raise CnnmmError(f"no grid of {nranks} ranks fits {memory} bytes per rank for {spec}; the leanest needs "
+                     f"{least} bytes: raise the limit, use more ranks or a narrower panel")
+
+
+def bounds_for(spec, nranks, plan=None):
+    """Lower bounds (words per rank) with ``M`` = the plan's peak memory in words."""
+    memory_words = plan.peak_bytes / spec.itemsize if plan is not None else None
+    return lower_bounds(spec, nranks, memory_words)
+
+
+def replication_sweep(spec, nranks, pass_="fwd", profile=None):
+    """Best plan for each replication factor c = pC dividing P (for ``plan --plot``)."""
+    out = []
+    for c in (d for d in range(1, nranks + 1) if nranks % d == 0 and d <= spec.C):
+        plans = rank_plans(spec, nranks, ("2d", "2.5d", "3d"), pass_, None, profile,
+                           GridDims(0, 0, 0, 0, c))
+        if plans:
+            out.append((c, plans[0]))
+    return out

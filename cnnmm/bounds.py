@@ -5,7 +5,10 @@
 * ``mem``: memory-dependent, ``2 G / (P sqrt(rho M)) - M`` for ``M`` words of memory per rank.
 * ``grid``: the least face sum minus owned data over *real* grids ``p_X in [1, X]`` with
   ``prod p_X = P``, with the halo relaxed to ``e (1 - 1/p)``: what any grid of this family moves
-  at best, so the ratio to it is the integrality and shape loss of the chosen grid.
+  at best, so the ratio to it is the integrality and shape loss of the chosen grid. The
+  relaxation takes ``stride x output`` rows (and columns) as the input extent, which holds
+  for "same"-padded and exactly tiling layers; for a heavily padded small input it overstates
+  the input face and is no longer a bound.
 
 ``G = N*K*C*P*Q*R*S`` multiply-adds and ``rho = max(1, R/sh) * max(1, S/sw)`` the im2col reuse.
 All are clipped at 0 (a bound of 0 means "nothing is forced", e.g. when P is small).

@@ -21,7 +21,14 @@ import sys
 import traceback
 
 
+def _without_mpi():
+    """True when MPI is not running and not needed to know who prints (plan, report, jobs)."""
+    return "mpi4py.MPI" not in sys.modules and not any(v in os.environ for v in ("PMI_RANK", "OMPI_COMM_WORLD_RANK"))
+
+
 def _rank():
+    if _without_mpi():
+        return 0
     from mpi4py import MPI
     return MPI.COMM_WORLD.Get_rank()
 
@@ -109,7 +116,7 @@ def main(argv=None):
         os.dup2(devnull, sys.stdout.fileno())
         return 0
     except CnnmmError as exc:
-        if getattr(exc, "collective", False):
+        if getattr(exc, "collective", False) or _without_mpi():
             # Raised identically on every rank by a collective check: a clean exit everywhere.
             if _rank() == 0:
                 print(f"cnnmm: error: {exc}", file=sys.stderr, flush=True)

@@ -34,15 +34,17 @@ Tiles retained from earlier passes of a training step (``saved``) move nothing.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
 
 from .errors import AlgorithmError
 from .grid import GridDims
-from .layout import ConvLayout, sub_range
+from .layout import ConvLayout
 
-__all__ = ["PASSES", "RankCosts", "rank_costs", "predict_rank", "predict", "words_identity_check"]
+__all__ = ["PASSES", "RankCosts", "rank_costs", "predict_rank", "predict", "axis_geometry",
+           "spatial_axis", "words_identity_check"]
 
 PASSES = ("fwd", "bwd-data", "bwd-weight")
 _PHASES = ("halo", "input", "weights", "output")
@@ -80,24 +82,50 @@ class RankCosts:
         return sum(self.msgs.values())
 
 
+def _block_sizes(n, p):
+    """Sizes of the ``p`` blocks of ``n`` items (first ``n % p`` get one more), as an array."""
+    return n // p + (np.arange(p) < n % p)
+
+
+def axis_geometry(n_out, n_in, p, stride, pad, extent):
+    """Per block of a spatial dimension: owned input range and the (clipped) window its output
+    block reads, as arrays ``own_lo, own_hi, win_lo, win_hi`` (see :mod:`cnnmm.layout`)."""
+    out = _block_sizes(n_out, p)
+    out_hi = np.cumsum(out)
+    out_lo = out_hi - out
+    own = _block_sizes(n_in, p)
+    own_hi = np.cumsum(own)
+    own_lo = own_hi - own
+    lo = out_lo * stride - pad
+    hi = (out_hi - 1) * stride - pad + extent
+    empty = out == 0
+    win_lo = np.where(empty, 0, np.clip(lo, 0, n_in))
+    win_hi = np.where(empty, 0, np.clip(hi, 0, n_in))
+    return own_lo, own_hi, win_lo, win_hi
+
+
+@functools.lru_cache(maxsize=4096)
+def spatial_axis(n_out, n_in, p, stride, pad, extent):
+    """The :class:`_Axis` of a spatial dimension split ``p`` ways (cached: a planner asks for
+    few distinct extents)."""
+    return _Axis(*axis_geometry(n_out, n_in, p, stride, pad, extent))
+
+
 class _Axis:
     """Per-index quantities of a spatial grid dimension (H or W)."""
 
-    def __init__(self, owned, windows):
-        p = len(owned)
-        self.own = np.array([_size(r) for r in owned])
-        self.need = np.array([_size(r) for r in windows])
+    def __init__(self, own_lo, own_hi, win_lo, win_hi):
+        p = len(own_lo)
+        self.own = own_hi - own_lo
+        self.need = win_hi - win_lo
         recv, send = np.zeros(p, np.int64), np.zeros(p, np.int64)
         nrecv, nsend = np.zeros(p, np.int64), np.zeros(p, np.int64)
-        starts = np.array([r[0] for r in owned] + [owned[-1][1]])
-        for i, (lo, hi) in enumerate(windows):
-            if hi <= lo:
-                continue
-            # owners j whose block meets [lo, hi): a contiguous run found by binary search
-            first = int(np.searchsorted(starts, lo, side="right")) - 1
-            last = int(np.searchsorted(starts, hi, side="left")) - 1
-            for j in range(max(first, 0), min(last, p - 1) + 1):
-                ov = min(hi, owned[j][1]) - max(lo, owned[j][0])
+        # owners j whose block meets [lo, hi): a contiguous run found by binary search
+        first = np.searchsorted(own_lo, win_lo, side="right") - 1
+        last = np.searchsorted(own_lo, win_hi, side="left") - 1
+        for i in np.nonzero((win_hi > win_lo) & ((first != np.arange(p)) | (last != np.arange(p))))[0]:
+            for j in range(max(first[i], 0), min(last[i], p - 1) + 1):
+                ov = min(win_hi[i], own_hi[j]) - max(win_lo[i], own_lo[j])
                 if j != i and ov > 0:
                     recv[i] += ov
                     nrecv[i] += 1
@@ -105,6 +133,7 @@ class _Axis:
                     nsend[j] += 1
         self.recv, self.nrecv, self.send, self.nsend = recv, nrecv, send, nsend
         self.trivial = (nrecv == 0) & (nsend == 0) & (self.own == self.need)
+        self.nearest = bool(np.all((win_hi <= win_lo) | ((first >= np.arange(p) - 1) & (last <= np.arange(p) + 1))))
 
 
 class _Mem:
@@ -127,7 +156,6 @@ class _Grid:
 
     def __init__(self, spec, dims, stream, panel):
         from .algorithms.passes import DEFAULT_PANEL
-        lay = ConvLayout(spec, dims)
         d = dims
         shape = tuple(d)
         self.spec, self.dims = spec, d
@@ -138,29 +166,26 @@ class _Grid:
             idx[axis] = len(v)
             return np.broadcast_to(v.reshape(idx), shape).reshape(-1)
 
-        self.nb = spread([_size(lay.n_range(i)) for i in range(d.pN)], 0)
-        self.kb = spread([_size(lay.k_range(i)) for i in range(d.pK)], 3)
-        self.cb = spread([_size(lay.c_range(i)) for i in range(d.pC)], 4)
-        self.bp = spread([_size(lay.p_range(i)) for i in range(d.pH)], 1)
-        self.bq = spread([_size(lay.q_range(i)) for i in range(d.pW)], 2)
-        self.h = _Axis([lay.h_range(i) for i in range(d.pH)], [lay.row_window(i)[:2] for i in range(d.pH)])
-        self.w = _Axis([lay.w_range(j) for j in range(d.pW)], [lay.col_window(j)[:2] for j in range(d.pW)])
+        self.nb = spread(_block_sizes(spec.N, d.pN), 0)
+        self.kb = spread(_block_sizes(spec.K, d.pK), 3)
+        self.cb = spread(_block_sizes(spec.C, d.pC), 4)
+        self.bp = spread(_block_sizes(spec.P, d.pH), 1)
+        self.bq = spread(_block_sizes(spec.Q, d.pW), 2)
+        self.h = spatial_axis(spec.P, spec.H, d.pH, spec.stride[0], spec.pad[0], spec.extent[0])
+        self.w = spatial_axis(spec.Q, spec.W, d.pW, spec.stride[1], spec.pad[1], spec.extent[1])
         for name in ("own", "need", "recv", "nrecv", "send", "nsend", "trivial"):
             setattr(self, "row_" + name, spread(getattr(self.h, name), 1))
             setattr(self, "col_" + name, spread(getattr(self.w, name), 2))
         self.rows, self.cols = self.row_need, self.col_need
-        coords = np.indices(shape).reshape(5, -1)
-        n, h, w, k, c = coords
+        n, h, w, k, c = np.indices(shape).reshape(5, -1)
         pixel = (n * d.pH + h) * d.pW + w
-        c_ranges = [lay.c_range(i) for i in range(d.pC)]
-        k_ranges = [lay.k_range(i) for i in range(d.pK)]
-        in_own = np.array([[_size(sub_range(c_ranges[ci], d.pK, ki)) for ki in range(d.pK)] for ci in range(d.pC)])
-        k_own = np.array([[_size(sub_range(k_ranges[ki], d.pC, ci)) for ci in range(d.pC)] for ki in range(d.pK)])
-        self.in_own = in_own[c, k]
-        self.k_own = k_own[k, c]
-        cb_of = np.array([_size(r) for r in c_ranges])[c]
-        self.w_own = cb_of // d.pixel + (pixel < cb_of % d.pixel)   # block_range sizes by index
+        # sub-block sizes: in_own (C block over the K fiber), k_own (K block over the C fiber),
+        # w_own (C block over the pixel fiber), all by the block rule
+        self.in_own = self.cb // d.pK + (k < self.cb % d.pK)
+        self.k_own = self.kb // d.pC + (c < self.kb % d.pC)
+        self.w_own = self.cb // d.pixel + (pixel < self.cb % d.pixel)
         if stream:
+            lay = ConvLayout(spec, dims)
             panels = [lay.c_panels(ci, panel or DEFAULT_PANEL) for ci in range(d.pC)]
             self.npanels = np.array([len(pl) for pl in panels])[c]
             self.width = np.array([max((hi - lo for lo, hi, _, _ in pl), default=0) for pl in panels])[c]

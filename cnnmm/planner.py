@@ -11,9 +11,9 @@ since at pC = 1 it is ``2d``). A candidate is dropped when
 If nothing survives the first two filters (more ranks than the layer has work for) they are
 relaxed. The survivors are ranked by predicted time (:mod:`cnnmm.cost` with a
 :class:`~cnnmm.profiles.Profile`), ties broken by words, then memory, then fewer split
-dimensions. To stay fast at large P, every grid is first timed with the whole-tile algorithm
-(the same words as streaming, the fewest messages), and only the best ``shortlist`` grids are
-timed with every algorithm.
+dimensions. To stay fast at large P, every grid is first screened with a closed-form estimate
+(busiest blocks, whole-tile gathers, vectorised over all grids), and only the best
+``shortlist`` grids are timed exactly, with every algorithm.
 
 A :class:`Plan` is a small printable value; the executor (:class:`cnnmm.Conv2d`) takes its
 algorithm, grid and panel.
@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 
 from . import cost
 from .algorithms import ALGORITHMS
 from .bounds import lower_bounds
 from .errors import CnnmmError
 from .grid import AXES, GridDims, factorizations
-from .layout import ConvLayout
 from .profiles import default_profile
 
 __all__ = ["Plan", "plan_layer", "rank_plans", "TRAIN"]
@@ -78,14 +79,35 @@ def _admissible(spec, dims):
     """Size limits and nearest-neighbour halos (see module docstring)."""
     if dims.pN > spec.N or dims.pK > spec.K or dims.pC > spec.C or dims.pH > spec.P or dims.pW > spec.Q:
         return False
-    lay = ConvLayout(spec, dims)
-    for count, owned, window in ((dims.pH, lay.h_range, lay.row_window), (dims.pW, lay.w_range, lay.col_window)):
-        starts = [owned(i)[0] for i in range(count)]
-        for i in range(count):
-            lo, hi = window(i)[:2]
-            if hi > lo and (lo < starts[max(i - 1, 0)] or hi > owned(min(i + 1, count - 1))[1]):
-                return False
-    return True
+    h = cost.spatial_axis(spec.P, spec.H, dims.pH, spec.stride[0], spec.pad[0], spec.extent[0])
+    w = cost.spatial_axis(spec.Q, spec.W, dims.pW, spec.stride[1], spec.pad[1], spec.extent[1])
+    return h.nearest and w.nearest
+
+
+def _screen(spec, grids, pass_, profile):
+    """Closed-form estimate of each grid's time with whole-tile gathers (busiest blocks,
+    interior halos), vectorised over grids: the planner times only the best of these exactly."""
+    g = np.array(grids, dtype=float).T
+    pn, ph, pw, pk, pc = g
+    q = pn * ph * pw
+    nb, kb, cb = np.ceil(spec.N / pn), np.ceil(spec.K / pk), np.ceil(spec.C / pc)
+    bp, bq = np.ceil(spec.P / ph), np.ceil(spec.Q / pw)
+    (sh, sw), (xh, xw) = spec.stride, spec.extent
+    rows = np.where(ph > 1, sh * (bp - 1) + xh, spec.H)
+    cols = np.where(pw > 1, sw * (bq - 1) + xw, spec.W)
+    x_tile, w_tile, y_tile = nb * cb * rows * cols, kb * cb * spec.R * spec.S, nb * kb * bp * bq
+    halo = nb * np.ceil(cb / pk) * (rows * cols - np.ceil(spec.H / ph) * np.ceil(spec.W / pw))
+    x_move, w_move, y_move = x_tile * (1 - 1 / pk), w_tile * (1 - 1 / q), y_tile * (1 - 1 / pc)
+    words = {"fwd": halo + x_move + w_move + y_move, "bwd-data": y_move + w_move + x_move + halo,
+             "bwd-weight": y_move + halo + x_move + w_move}
+    passes = ("fwd", "bwd-data", "bwd-weight") if pass_ == "train" else (pass_,)
+    alpha, beta = profile.op_constants("allgather", 2)
+    log = np.ceil(np.log2(np.maximum(pk, 1))) + np.ceil(np.log2(q)) + np.ceil(np.log2(np.maximum(pc, 1)))
+    total = np.zeros(len(grids))
+    for name in passes:
+        total += (2 * nb * kb * cb * bp * bq * spec.R * spec.S) / profile.rate(spec.dtype, name) \
+            + beta * spec.itemsize * words[name] + alpha * (log + 2 * (ph > 1) + 2 * (pw > 1))
+    return total
 
 
 def _evaluate(spec, dims, algorithm, pass_, panel, profile):
@@ -123,13 +145,11 @@ def rank_plans(spec, nranks, algorithms=None, pass_="fwd", memory=None, profile=
     grids = [GridDims(*t) for t in factorizations(nranks)
              if template is None or all(w in (0, g) for w, g in zip(template, t))]
     usable = [g for g in grids if _admissible(spec, g)] or grids
-    screen = "3d" if "3d" in algorithms else algorithms[0]
-    scored = []
-    for dims in usable:
-        if screen == "2d" and dims.pC != 1:
-            continue
-        scored.append((_evaluate(spec, dims, screen, pass_, panel, profile)[0], dims))
-    scored.sort(key=lambda s: s[0])
+    if any(name == "2d" for name in algorithms) and len(algorithms) == 1:
+        usable = [g for g in usable if g.pC == 1]
+    estimate = _screen(spec, usable, pass_, profile) if usable else []
+    scored = sorted(zip(estimate, range(len(usable))))
+    scored = [(t, usable[i]) for t, i in scored]
     plans = []
     for _, dims in scored[:shortlist]:
         for name in algorithms:

@@ -27,7 +27,6 @@ dOut tile (``"dout"``); a later pass that finds a tile there moves nothing for i
 from __future__ import annotations
 
 
-from .. import kernels
 from ..layout import _size, sub_range
 from .panels import (GatherSink, GatherSource, StreamSink, StreamSource, TileSource, allgather_channels,
                      reduce_scatter_channels)
@@ -132,6 +131,7 @@ def _sink(comm, t, stream, lead, own, parts, rest, meter, dtype, phase):
 
 def forward(ctx, x_shard, w_shard, stream, panel=None, saved=None):
     """This rank's output shard ``(n, own k, p, q)``."""
+    from .. import kernels  # imported on first use: planning needs no compiler
     spec, meter = ctx.spec, ctx.meter
     t = _Tile(ctx, stream, panel)
     ext = ctx.halo.forward(x_shard, meter)
@@ -154,6 +154,7 @@ def forward(ctx, x_shard, w_shard, stream, panel=None, saved=None):
 
 def backward_data(ctx, dy_shard, w_shard, stream, panel=None, saved=None):
     """This rank's input-gradient shard (input layout) from its dOut and weight shards."""
+    from .. import kernels  # imported on first use: planning needs no compiler
     spec, meter = ctx.spec, ctx.meter
     t = _Tile(ctx, stream, panel)
     dy = _dout_tile(ctx, t, dy_shard, saved)
@@ -178,6 +179,7 @@ def backward_data(ctx, dy_shard, w_shard, stream, panel=None, saved=None):
 
 def backward_weight(ctx, x_shard, dy_shard, stream, panel=None, saved=None):
     """This rank's weight-gradient shard (weight layout) from its input and dOut shards."""
+    from .. import kernels  # imported on first use: planning needs no compiler
     spec, meter = ctx.spec, ctx.meter
     t = _Tile(ctx, stream, panel)
     dy = _dout_tile(ctx, t, dy_shard, saved)

@@ -100,9 +100,11 @@ def _load_builtin(name):
 
 
 def load_profile(name_or_path):
-    """A profile from a built-in name or a JSON file path."""
+    """A profile from a built-in name or a JSON file path (a :class:`Profile` passes through)."""
     if name_or_path is None:
         return default_profile()
+    if isinstance(name_or_path, Profile):
+        return name_or_path
     if name_or_path in builtin_profiles():
         return _load_builtin(name_or_path)
     if not os.path.exists(name_or_path):

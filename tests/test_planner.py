@@ -111,3 +111,27 @@ def test_plan_bad_memory():
     result = subprocess.run([sys.executable, "-m", "cnnmm", "plan", "-P", "4", "--memory", "lots"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "--memory 'lots'" in result.stderr
+
+
+def test_calibrate_writes_a_profile_the_planner_loads(tmp_path):
+    from helpers import mpiexec
+    out = tmp_path / "profile.json"
+    result = mpiexec(3, [sys.executable, "-m", "cnnmm", "calibrate", "--quick", "--output", str(out)], timeout=300)
+    assert result.returncode == 0, result.stderr
+    prof = load_profile(str(out))
+    assert set(prof.ops["bcast"]) == {2, 3} and prof.rate("float32", "fwd") > 0 and prof.call_overhead > 0
+    spec = ConvSpec.parse("N=4,C=16,K=16,H=8,W=8,R=3,S=3,pad=1")
+    assert planner.plan_layer(spec, 3, profile=prof).dims.size == 3
+
+
+def test_bench_model_reports_measured_and_predicted():
+    from helpers import mpiexec
+    result = mpiexec(2, [sys.executable, "-m", "cnnmm", "bench", "model", "--batch", "1", "--layers",
+                         "res5.1x1b,res4.3x3", "--top", "3", "--repeat", "1", "--json"], timeout=300)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    layers, summary = records[:-1], records[-1]
+    assert [r["net_layer"] for r in layers] == ["res4.3x3", "res5.1x1b"] and summary["layers"] == 2
+    for r in layers:
+        assert 1 <= len(r["plans"]) <= 3 and all(p["measured_s"] > 0 and p["predicted_s"] > 0 for p in r["plans"])
+        assert r["chosen_over_best"] >= 1.0

@@ -4,8 +4,9 @@ Under ``mpiexec -n P``: for every communicator size p from 2 to P the ranks spli
 of p and time each collective the algorithms use (broadcast, allgather, reduce-scatter,
 reduce, point-to-point exchange) at several sizes; a least-squares fit of
 ``T = alpha + beta * bytes`` (bytes as :mod:`cnnmm.cost` attributes them to a call) gives one
-``[alpha, beta]`` per operation and p. Then rank 0 times the node kernels on representative
-ResNet-50 tiles per pass and dtype (GFLOP/s) and a minimal kernel call (the per-call overhead).
+``[alpha, beta]`` per operation and p. Then every rank times the node kernels on representative
+ResNet-50 tiles per pass and dtype (GFLOP/s), all ranks computing at once as in a run, and a
+minimal kernel call (the per-call overhead).
 Only rank 0 writes the profile (JSON) to ``--output`` or stdout; progress goes to stderr.
 """
 
@@ -71,17 +72,23 @@ def _collectives(group, words, dtype):
 
 
 def _fit(points):
-    """Least squares ``T = alpha + beta * bytes`` with both clipped at a tiny positive value."""
+    """``T = alpha + beta * bytes``: alpha is the smallest message's time (a regression
+    intercept is at the mercy of noise in the large sizes), beta the least-squares slope of the
+    rest above it."""
     import numpy as np
-    x = np.array([b for b, _ in points], float)
-    y = np.array([t for _, t in points], float)
-    A = np.vstack([np.ones_like(x), x]).T
-    (alpha, beta), *_ = np.linalg.lstsq(A, y, rcond=None)
-    return [max(float(alpha), 1e-7), max(float(beta), 1e-12)]
+    points = sorted(points)
+    alpha = max(points[0][1], 1e-7)
+    x = np.array([b for b, _ in points[1:]], float)
+    y = np.array([t - alpha for _, t in points[1:]], float)
+    beta = float(np.dot(x, y) / np.dot(x, x)) if len(x) and np.dot(x, x) > 0 else 0.0
+    return [float(alpha), max(beta, 1e-12)]
 
 
-def _kernel_rates(repeat):
+def _kernel_rates(comm, repeat):
+    """Kernel GFLOP/s per rank with every rank computing at once (ranks share cores and memory
+    bandwidth as they do in a run), the slowest rank's time counting."""
     import numpy as np
+    from mpi4py import MPI
 
     from .. import kernels
     from ..spec import ConvSpec
@@ -106,9 +113,10 @@ def _kernel_rates(repeat):
                 call()
                 times = []
                 for _ in range(repeat):
-                    t0 = time.perf_counter()
+                    comm.Barrier()
+                    t0 = MPI.Wtime()
                     call()
-                    times.append(time.perf_counter() - t0)
+                    times.append(comm.allreduce(MPI.Wtime() - t0, op=MPI.MAX))
                 samples.append(spec.flops / float(np.median(times)) / 1e9)
             rates[dtype][pass_] = float(np.exp(np.mean(np.log(samples))))   # geometric mean over tiles
             say(f"cnnmm calibrate: kernels {dtype} {pass_}: {rates[dtype][pass_]:.1f} GFLOP/s")
@@ -119,7 +127,7 @@ def _kernel_rates(repeat):
         t0 = time.perf_counter()
         kernels.conv2d_forward(x, w)
         times.append(time.perf_counter() - t0)
-    return rates, float(np.median(times))
+    return rates, comm.allreduce(float(np.median(times)), op=MPI.MAX)
 
 
 def main(args):
@@ -155,7 +163,7 @@ def main(args):
     if comm.size == 1:  # nothing to measure: keep the placeholder's shape so the profile loads
         for op in ops:
             ops[op]["2"] = [2e-5, 4e-10]
-    rates, overhead = _kernel_rates(repeat) if comm.rank == 0 else (None, None)
+    rates, overhead = _kernel_rates(comm, repeat)
     if comm.rank == 0:
         profile = {"name": args.name or f"{platform.node()}-{comm.size}ranks",
                    "description": f"measured by python -m cnnmm calibrate on {comm.size} ranks",

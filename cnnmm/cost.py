@@ -150,6 +150,11 @@ class _Mem:
     def free(self, n):
         self.live = self.live - n
 
+    def transient(self, n):
+        """A buffer allocated and freed at once (it only raises the peak)."""
+        self.alloc(n)
+        self.free(n)
+
 
 class _Grid:
     """Every per-rank quantity the passes use, as arrays over Cartesian ranks."""
@@ -199,39 +204,41 @@ def _allgather_mem(mem, p, lead, total):
     """Memory of :func:`~cnnmm.algorithms.panels.allgather_channels`; returns the tile size."""
     if p == 1:
         return np.zeros_like(total)
-    flat = np.where(lead > 1, total, 0)
+    flat = np.where(lead > 1, total, 0)   # flat receive buffer, rearranged into the tile
     mem.alloc(flat)
     mem.alloc(total)
     mem.free(flat)
     return total
 
 
+def _halo_buffers(g, cb):
+    """Sizes of :class:`~cnnmm.layout.InputHalo`'s buffers (0 where it is skipped): the
+    row-extended strip, the extended tile, and the row- and column-phase message pieces."""
+    live = (g.row_trivial & g.col_trivial) == 0   # the flags are 0/1 integers
+    mid = np.where(live, g.nb * cb * g.rows * g.col_own, 0)
+    ext = np.where(live, g.nb * cb * g.rows * g.cols, 0)
+    row_pieces = np.where(live, g.nb * cb * (g.row_send + g.row_recv) * g.col_own, 0)
+    col_pieces = np.where(live, g.nb * cb * g.rows * (g.col_send + g.col_recv), 0)
+    return mid, ext, row_pieces, col_pieces
+
+
 def _halo_forward(g, mem, cb):
     """Memory of :meth:`~cnnmm.layout.InputHalo.forward`; returns the extended tile size."""
-    skip = g.row_trivial & g.col_trivial
-    mid = np.where(skip, 0, g.nb * cb * g.rows * g.col_own)
-    ext = np.where(skip, 0, g.nb * cb * g.rows * g.cols)
+    mid, ext, row_pieces, col_pieces = _halo_buffers(g, cb)
     mem.alloc(mid)
-    mem.alloc(np.where(skip, 0, g.nb * cb * (g.row_send + g.row_recv) * g.col_own))
-    mem.free(np.where(skip, 0, g.nb * cb * (g.row_send + g.row_recv) * g.col_own))
+    mem.transient(row_pieces)
     mem.alloc(ext)
-    pieces = np.where(skip, 0, g.nb * cb * g.rows * (g.col_send + g.col_recv))
-    mem.alloc(pieces)
-    mem.free(pieces)
+    mem.transient(col_pieces)
     mem.free(mid)
     return ext
 
 
 def _halo_adjoint(g, mem, cb):
-    skip = g.row_trivial & g.col_trivial
-    mid = np.where(skip, 0, g.nb * cb * g.rows * g.col_own)
+    """Memory of :meth:`~cnnmm.layout.InputHalo.adjoint` (columns first, then rows)."""
+    mid, _, row_pieces, col_pieces = _halo_buffers(g, cb)
     mem.alloc(mid)
-    pieces = np.where(skip, 0, g.nb * cb * g.rows * (g.col_send + g.col_recv))
-    mem.alloc(pieces)
-    mem.free(pieces)
-    pieces = np.where(skip, 0, g.nb * cb * (g.row_send + g.row_recv) * g.col_own)
-    mem.alloc(pieces)
-    mem.free(pieces)
+    mem.transient(col_pieces)
+    mem.transient(row_pieces)
     mem.free(mid)
 
 

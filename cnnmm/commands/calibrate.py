@@ -110,14 +110,7 @@ def _kernel_rates(comm, repeat):
                                                                          spec.dilation),
                         "bwd-weight": lambda: kernels.conv2d_backward_weight(x, dy, (spec.R, spec.S), spec.stride,
                                                                              pad, spec.dilation)}[pass_]
-                call()
-                times = []
-                for _ in range(repeat):
-                    comm.Barrier()
-                    t0 = MPI.Wtime()
-                    call()
-                    times.append(comm.allreduce(MPI.Wtime() - t0, op=MPI.MAX))
-                samples.append(spec.flops / float(np.median(times)) / 1e9)
+                samples.append(spec.flops / _time(comm, call, repeat) / 1e9)
             rates[dtype][pass_] = float(np.exp(np.mean(np.log(samples))))   # geometric mean over tiles
             say(f"cnnmm calibrate: kernels {dtype} {pass_}: {rates[dtype][pass_]:.1f} GFLOP/s")
     x, w = np.ones((1, 1, 1, 1)), np.ones((1, 1, 1, 1))

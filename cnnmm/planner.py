@@ -124,7 +124,7 @@ def _evaluate(spec, dims, algorithm, pass_, panel, profile):
 
 
 def rank_plans(spec, nranks, algorithms=None, pass_="fwd", memory=None, profile=None, template=None,
-               panel=None, shortlist=48):
+               panel=None, shortlist=24):
     """All admissible plans, best first (see module docstring).
 
     Parameters
@@ -167,7 +167,7 @@ def plan_layer(spec, nranks, algorithms=None, pass_="fwd", memory=None, profile=
                panel=None):
     """The best :class:`Plan`; :class:`CnnmmError` when no grid fits the memory limit."""
     algorithms = list(algorithms or ("2d", "2.5d", "3d"))
-    plans = rank_plans(spec, nranks, algorithms, pass_, memory, profile, template, panel, shortlist=48)
+    plans = rank_plans(spec, nranks, algorithms, pass_, memory, profile, template, panel)
     if plans:
         return plans[0]
     if memory is None:

@@ -10,8 +10,8 @@ since at pC = 1 it is ``2d``). A candidate is dropped when
 
 If nothing survives the first two filters (more ranks than the layer has work for) they are
 relaxed. The survivors are ranked by predicted time (:mod:`cnnmm.cost` with a
-:class:`~cnnmm.profiles.Profile`), ties broken by words, then memory, then fewer split
-dimensions. To stay fast at large P, every grid is first screened with a closed-form estimate
+:class:`~cnnmm.profiles.Profile`); plans within 1% of the fastest count as tied (the model's
+times are estimates, its words exact) and are ordered by words, then memory. To stay fast at large P, every grid is first screened with a closed-form estimate
 (busiest blocks, whole-tile gathers, vectorised over all grids), and only the best
 ``shortlist`` grids are timed exactly, with every algorithm.
 
@@ -34,6 +34,9 @@ from .grid import AXES, GridDims, factorizations
 from .profiles import default_profile
 
 __all__ = ["Plan", "plan_layer", "rank_plans", "TRAIN"]
+
+#: Relative difference of predicted times treated as a tie (broken by words, then memory).
+NEAR_TIE = 0.01
 
 #: The passes of a training step with the tiles each finds retained.
 TRAIN = (("fwd", set()), ("bwd-data", {"input", "weight"}), ("bwd-weight", {"input", "weight", "dout"}))
@@ -160,7 +163,11 @@ def rank_plans(spec, nranks, algorithms=None, pass_="fwd", memory=None, profile=
                 continue
             plans.append(Plan(spec, nranks, name, dims, panel, pass_, words, msgs, peak, time, per_pass))
     plans.sort(key=lambda p: (p.time, p.words, p.peak_bytes, sum(v > 1 for v in p.dims)))
-    return plans
+    # Predicted times carry model error and words are exact: among plans within NEAR_TIE of
+    # the fastest, prefer fewer words, then less memory.
+    near = [p for p in plans if p.time <= plans[0].time * (1 + NEAR_TIE)] if plans else []
+    near.sort(key=lambda p: (p.words, p.peak_bytes, p.time))
+    return near + plans[len(near):] if near else plans
 
 
 def plan_layer(spec, nranks, algorithms=None, pass_="fwd", memory=None, profile=None, template=None,

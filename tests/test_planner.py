@@ -57,9 +57,11 @@ def test_evenly_dividing_identity():
 def test_planner_picks_the_least_predicted_time(pass_):
     spec = ConvSpec.parse("N=4,C=16,K=24,H=14,W=14,R=3,S=3,pad=1")
     plans = planner.rank_plans(spec, 12, pass_=pass_, shortlist=10**6)
-    assert plans and all(a.time <= b.time for a, b in zip(plans, plans[1:]))
+    fastest = min(p.time for p in plans)
+    assert plans[0].time <= fastest * (1 + planner.NEAR_TIE)
+    assert all(p.words >= plans[0].words for p in plans if p.time <= fastest * (1 + planner.NEAR_TIE))
     best = planner.plan_layer(spec, 12, pass_=pass_)
-    assert best.time == pytest.approx(plans[0].time)
+    assert best.time <= fastest * (1 + planner.NEAR_TIE)
     assert "split" in str(best) or "reduce" in str(best)
 
 

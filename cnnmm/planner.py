@@ -11,9 +11,11 @@ since at pC = 1 it is ``2d``). A candidate is dropped when
 If nothing survives the first two filters (more ranks than the layer has work for) they are
 relaxed. The survivors are ranked by predicted time (:mod:`cnnmm.cost` with a
 :class:`~cnnmm.profiles.Profile`); plans within 1% of the fastest count as tied (the model's
-times are estimates, its words exact) and are ordered by words, then memory. To stay fast at large P, every grid is first screened with a closed-form estimate
-(busiest blocks, whole-tile gathers, vectorised over all grids), and only the best
-``shortlist`` grids are timed exactly, with every algorithm.
+times are estimates, its words exact) and are ordered by words, then memory.
+
+To stay fast at large P, every grid is first screened with a closed-form estimate (busiest
+blocks, whole-tile gathers, vectorised over all grids), and only the best ``shortlist`` grids
+are timed exactly, with every algorithm.
 
 A :class:`Plan` is a small printable value; the executor (:class:`cnnmm.Conv2d`) takes its
 algorithm, grid and panel.

@@ -1,13 +1,11 @@
 """Planner, bounds and the plan command (no MPI needed)."""
 
-import itertools
 import json
 import math
 import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 from cnnmm import ConvSpec, bounds, cost, planner

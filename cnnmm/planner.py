@@ -11,7 +11,7 @@ since at pC = 1 it is ``2d``). A candidate is dropped when
 If nothing survives the first two filters (more ranks than the layer has work for) they are
 relaxed. The survivors are ranked by predicted time (:mod:`cnnmm.cost` with a
 :class:`~cnnmm.profiles.Profile`); plans within 1% of the fastest count as tied (the model's
-times are estimates, its words exact) and are ordered by words, then memory.
+times are estimates, its words exact) and are ordered by words, then time, then memory.
 
 To stay fast at large P, every grid is first screened with a closed-form estimate (busiest
 blocks, whole-tile gathers, vectorised over all grids), and only the best ``shortlist`` grids
@@ -37,7 +37,7 @@ from .profiles import default_profile
 
 __all__ = ["Plan", "plan_layer", "rank_plans", "TRAIN"]
 
-#: Relative difference of predicted times treated as a tie (broken by words, then memory).
+#: Relative difference of predicted times treated as a tie (broken by words, then time, then memory).
 NEAR_TIE = 0.01
 
 #: The passes of a training step with the tiles each finds retained.
@@ -166,9 +166,9 @@ def rank_plans(spec, nranks, algorithms=None, pass_="fwd", memory=None, profile=
             plans.append(Plan(spec, nranks, name, dims, panel, pass_, words, msgs, peak, time, per_pass))
     plans.sort(key=lambda p: (p.time, p.words, p.peak_bytes, sum(v > 1 for v in p.dims)))
     # Predicted times carry model error and words are exact: among plans within NEAR_TIE of
-    # the fastest, prefer fewer words, then less memory.
+    # the fastest, prefer fewer words, then the faster prediction, then less memory.
     near = [p for p in plans if p.time <= plans[0].time * (1 + NEAR_TIE)] if plans else []
-    near.sort(key=lambda p: (p.words, p.peak_bytes, p.time))
+    near.sort(key=lambda p: (p.words, p.time, p.peak_bytes))
     return near + plans[len(near):] if near else plans
 
 

@@ -135,3 +135,12 @@ def test_bench_model_reports_measured_and_predicted():
     for r in layers:
         assert 1 <= len(r["plans"]) <= 3 and all(p["measured_s"] > 0 and p["predicted_s"] > 0 for p in r["plans"])
         assert r["chosen_over_best"] >= 1.0
+
+
+def test_plan_plot_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "c.png"
+    result = subprocess.run([sys.executable, "-m", "cnnmm", "plan", "--layer", "N=8,C=64,K=64,H=14,W=14,R=3,S=3,pad=1",
+                             "-P", "8", "--plot", str(out)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

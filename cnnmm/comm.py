@@ -24,8 +24,8 @@ Isend/Irecv       size of each message received               1 per message rece
 ================  ==========================================  ==============================
 
 Operations on a communicator of one rank, and collectives whose buffers are empty on every
-rank, move nothing and are skipped without a call. Small control messages (validation, timing
-reductions) are counted in phase ``"control"``, which reports leave out of ``words``.
+rank, move nothing and are skipped without a call. Small control messages (the collective
+input check, timing reductions) go through mpi4py directly and are not part of ``words``.
 """
 
 from __future__ import annotations
@@ -63,10 +63,10 @@ class Ledger:
         self.msgs.clear()
 
     def total(self, phases=None):
-        """``(words, msgs)`` summed over ``phases`` (default: all but ``scatter``, ``gather``
-        and ``control``, i.e. what the algorithm itself moves)."""
+        """``(words, msgs)`` summed over ``phases`` (default: all but ``scatter`` and
+        ``gather``, i.e. what the algorithm itself moves)."""
         if phases is None:
-            phases = [p for p in set(self.words) | set(self.msgs) if p not in ("scatter", "gather", "control")]
+            phases = [p for p in set(self.words) | set(self.msgs) if p not in ("scatter", "gather")]
         return sum(self.words[p] for p in phases), sum(self.msgs[p] for p in phases)
 
     def as_dict(self):
@@ -195,29 +195,6 @@ class Comm:
         reqs += [self.comm.Isend(_contig(buf), dest=peer, tag=tag) for peer, buf in sends]
         _mpi().Request.Waitall(reqs)
         self.ledger.add(phase, sum(buf.size for _, buf in recvs), len(recvs))
-
-    # --- small Python objects (control) -----------------------------------------------
-    def bcast_obj(self, obj, root=0):
-        if self.size == 1:
-            return obj
-        self.ledger.add("control", 0, _log2(self.size))
-        return self.comm.bcast(obj, root=root)
-
-    def allreduce_max(self, value):
-        if self.size == 1:
-            return value
-        self.ledger.add("control", 0, 2 * _log2(self.size))
-        return self.comm.allreduce(value, op=_mpi().MAX)
-
-    def gather_obj(self, obj, root=0):
-        if self.size == 1:
-            return [obj]
-        self.ledger.add("control", 0, 1)
-        return self.comm.gather(obj, root=root)
-
-    def barrier(self):
-        if self.size > 1:
-            self.comm.Barrier()
 
 
 def _contig(buf):

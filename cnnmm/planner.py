@@ -30,7 +30,6 @@ import numpy as np
 
 from . import cost
 from .algorithms import ALGORITHMS
-from .bounds import lower_bounds
 from .errors import CnnmmError
 from .grid import AXES, GridDims, factorizations
 from .profiles import default_profile
@@ -120,10 +119,8 @@ def _evaluate(spec, dims, algorithm, pass_, panel, profile):
     steps = TRAIN if pass_ == "train" else ((pass_, None),)
     per_pass = []
     for name, saved in steps:
-        costs = cost.rank_costs(spec, dims, algorithm, name, panel, saved)
-        time = profile.time(costs, spec, name)
-        per_pass.append((name, int(costs.total_words.max()), int(costs.total_msgs.max()),
-                         int(costs.peak_bytes.max()), float(time.max())))
+        p = cost.predict(spec, dims, algorithm, name, panel, saved, profile)
+        per_pass.append((name, p["words"], p["msgs"], p["peak_bytes"], p["time"]))
     return (sum(p[4] for p in per_pass), sum(p[1] for p in per_pass), sum(p[2] for p in per_pass),
             max(p[3] for p in per_pass), tuple(per_pass))
 
@@ -184,12 +181,6 @@ def plan_layer(spec, nranks, algorithms=None, pass_="fwd", memory=None, profile=
     least = min(p.peak_bytes for p in rank_plans(spec, nranks, algorithms, pass_, None, profile, template, panel))
     raise CnnmmError(f"no grid of {nranks} ranks fits {memory} bytes per rank for {spec}; the leanest needs "
                      f"{least} bytes: raise the limit, use more ranks or a narrower panel")
-
-
-def bounds_for(spec, nranks, plan=None):
-    """Lower bounds (words per rank) with ``M`` = the plan's peak memory in words."""
-    memory_words = plan.peak_bytes / spec.itemsize if plan is not None else None
-    return lower_bounds(spec, nranks, memory_words)
 
 
 def replication_sweep(spec, nranks, pass_="fwd", profile=None):

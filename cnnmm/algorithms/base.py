@@ -40,16 +40,6 @@ class Context:
         self.halo = InputHalo(self.layout, self.coords, self.world.sub(grid.axis["H"]),
                               self.world.sub(grid.axis["W"]))
 
-    @property
-    def dtype(self):
-        return self.spec.dtype
-
-    def shapes(self):
-        """``(input, weight, output)`` local shard shapes of this rank."""
-        lay = self.layout
-        return (lay.box_shape(lay.input_box(self.coords)), lay.box_shape(lay.weight_box(self.coords)),
-                lay.box_shape(lay.output_box(self.coords)))
-
 
 class Algorithm:
     """A distributed conv algorithm: a name, the grids it accepts, and how tiles move.

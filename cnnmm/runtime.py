@@ -7,8 +7,14 @@ before they are imported, because BLAS and Numba size their thread pools when th
 from __future__ import annotations
 
 import os
+import time
 
-__all__ = ["THREAD_VARS", "default_thread_env", "local_ranks", "set_threads", "get_threads", "warm_kernels"]
+__all__ = ["THREAD_VARS", "default_thread_env", "local_ranks", "set_threads", "get_threads", "warm_kernels",
+           "startup_seconds"]
+
+#: When this process imported cnnmm (the runtime is its first module).
+IMPORTED_AT = time.perf_counter()
+_startup = {"ready_at": None, "warmup_s": 0.0}
 
 #: Environment variables that size the BLAS/OpenMP and Numba thread pools.
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
@@ -144,6 +150,7 @@ def warm_kernels(comm, dtypes):
 
     from . import kernels
 
+    t0 = time.perf_counter()
     todo = tuple(sorted(set(dtypes) - _warmed))
     if comm.allreduce(len(todo), op=MPI.MAX) == 0:
         return
@@ -151,9 +158,29 @@ def warm_kernels(comm, dtypes):
     try:
         if node.Get_rank() == 0 and todo:
             kernels.warmup(todo)
-        node.Barrier()
+        _sleeping_barrier(node)
         if node.Get_rank() != 0 and todo:
             kernels.warmup(todo)
     finally:
         node.Free()
     _warmed.update(todo)
+    now = time.perf_counter()
+    _startup["warmup_s"] += now - t0
+    if _startup["ready_at"] is None:
+        _startup["ready_at"] = now
+
+
+def _sleeping_barrier(comm, interval=0.005):
+    """A barrier whose waiting ranks sleep instead of polling: while one rank compiles, its
+    neighbours on an oversubscribed node would otherwise take most of its core."""
+    request = comm.Ibarrier()
+    while not request.Test():
+        time.sleep(interval)
+
+
+def startup_seconds():
+    """``(startup_s, warmup_s)`` of this process: from ``import cnnmm`` until the node kernels
+    were first ready, and the time spent in :func:`warm_kernels` (compiling, or loading
+    Numba's cache, plus waiting for the node's other ranks); ``(None, 0.0)`` before that."""
+    ready = _startup["ready_at"]
+    return (None if ready is None else ready - IMPORTED_AT), _startup["warmup_s"]

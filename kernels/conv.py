@@ -3,7 +3,14 @@
 Stride-1 backward-data is a forward convolution of ``dy`` with the flipped, transposed filter
 (no scatter-add); other strides use a GEMM to columns followed by a scatter-add.
 
-Memory (all three passes). Work goes in blocks whose packed column matrix has about
+Memory, direct kernels (filters wider than 1x1: forward, stride-1 backward-data, and
+backward-weight on large enough images; :mod:`.direct`): one source block (the input rows a
+block reads, phase-split, or its im2col columns on small images) plus one block result or
+transposed ``dy`` block, together about ``direct.BLOCK_BYTES`` (1 MiB) unless one output row
+or ``direct.MIN_COLS`` columns need more; backward-weight adds ``R*S*C*K`` accumulators (C
+and K rounded up to the tile) and backward-data a flipped copy of the filter.
+
+Memory, packing + BLAS (the other cases). Work goes in blocks whose packed column matrix has about
 ``T = min(max(B, 256*C*R*S), max(B, 2**21))`` elements (``B = drivers.BLOCK_ELEMS = 2**18``,
 ``drivers.BLOCK_ELEMS_BWD_WEIGHT = 2**20`` for backward-weight) but at least one output row
 (``C*R*S*(Q + dw*(S-1)//sw)`` elements). Besides that column buffer, a block needs a GEMM
@@ -64,9 +71,10 @@ def conv2d_forward(x, w, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), o
 
     Notes
     -----
-    Internal buffers: a packed column block of about ``T`` elements (see the module docstring,
-    at least one output row's ``C*R*S*Q``), a GEMM result of ``K/(C*R*S)`` times that and the
-    input slab the block reads. A 1x1, stride-1, unpadded layer packs nothing.
+    Internal buffers: see the module docstring. Filters wider than 1x1: a source block and a
+    result block of about 1 MiB together (direct kernels). 1x1: a packed column block of about
+    ``T`` elements and a GEMM result of ``K/(C*R*S)`` times that; a stride-1, unpadded 1x1
+    layer packs nothing.
     """
     sh, sw = chk.pair("stride", stride, 1)
     dh, dw = chk.pair("dilation", dilation, 1)
@@ -132,6 +140,9 @@ def conv2d_backward_data(dy, w, input_hw, stride=(1, 1), padding=(0, 0, 0, 0), d
         raise ValueError(f"dy has output size P x Q = {P} x {Q}, but input_hw={(H, W)} with this "
                          f"filter, stride, padding and dilation gives {Pe} x {Qe}")
     work, out = chk.result(out, (N, C, H, W), dtype, accumulate, "dx (N, C, Hx, Wx)")
+    if drv.use_direct(R, S) and sh == sw == 1:
+        drv.direct.backward_data(dy, w, H, W, sh, sw, dh, dw, top, left, work, accumulate)
+        return _finish(work, out, accumulate)
     if sh == sw == 1:
         wt = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
         drv.forward(dy, wt, H, W, 1, 1, dh, dw, dh * (R - 1) - top, dw * (S - 1) - left,
@@ -168,10 +179,12 @@ def conv2d_backward_weight(x, dy, filter_rs, stride=(1, 1), padding=(0, 0, 0, 0)
 
     Notes
     -----
-    Internal buffers: a column block of about ``T`` elements with ``B = 2**20`` (module
-    docstring), a widened or transposed copy of the block of ``dy`` (``K/(C*R*S)`` of that), the
-    block's input slab, and one ``K*C*R*S`` partial product per block after the first (every
-    block when accumulating).
+    Direct kernel (filters wider than 1x1 on images where :func:`.drivers.use_direct_weight`
+    holds): the block's phase-split input rows and transposed ``dy`` (about 1 MiB together)
+    and ``R*S*C*K`` accumulators. Otherwise: a column block of about ``T`` elements with
+    ``B = 2**20`` (module docstring), a widened or transposed copy of the block of ``dy``
+    (``K/(C*R*S)`` of that), the block's input slab, and one ``K*C*R*S`` partial product per
+    block after the first (every block when accumulating).
     """
     sh, sw = chk.pair("stride", stride, 1)
     dh, dw_ = chk.pair("dilation", dilation, 1)
@@ -207,6 +220,7 @@ def warmup(dtypes=("float32", "float64")):
             dtype = None
         if dtype not in chk.DTYPES:
             raise ValueError(f"warmup dtype {name!r}: only float32 and float64 are supported")
+        drv.direct.warmup(dtype)
         x = np.ones((2, 2, 5, 5), dtype)
         w = np.ones((2, 2, 3, 3), dtype)
         for stride in ((1, 1), (2, 2)):

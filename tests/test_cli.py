@@ -37,6 +37,8 @@ def test_run_json_verifies(nranks, layer, algo, grid, dtype):
     assert rec["rel_err"] <= (1e-12 if dtype == "float64" else 1e-5)
     assert rec["words_max"] == rec["words_predicted"]
     assert rec["time_s"] > 0 and rec["peak_bytes"] > 0
+    # Start-up: import to kernels ready, including the warm-up (cache load or compile).
+    assert rec["startup_s"] >= rec["warmup_s"] > 0
 
 
 @pytest.mark.parametrize("nranks,algo,extra", [

@@ -3,7 +3,9 @@
 The oracle takes symmetric padding; asymmetric padding is checked by zero-padding the input
 explicitly and calling the oracle with pad=0 (cropping dx back for backward-data). Each case
 also runs with the drivers' block-size knobs forced small, so the band blocking, the wide
-(stride-1) packing and batched im2col are all exercised on small layers.
+(stride-1) packing and batched im2col are all exercised on small layers, and with each
+source of the direct kernels (slab, explicit columns) forced, with one-stripe blocks and
+short reduction chunks.
 """
 
 import contextlib
@@ -16,30 +18,38 @@ from hypothesis import strategies as st
 
 from cnnmm import kernels
 from cnnmm import reference as ref
-from cnnmm.kernels import drivers, im2col, wide
+from cnnmm.kernels import direct, drivers, im2col, wide
 from cnnmm.spec import ConvSpec
 
 TOL = {np.float64: 1e-12, np.float32: 1e-5}
 
-# Driver knobs: default; one output row per band and always-wide stride 1; never wide.
+# Knobs: default; one output row per band and always-wide stride 1 (and one-row direct blocks
+# with 16-step chunks from explicit columns); never wide (direct from a slab, 1 MiB blocks).
+# Both of the latter send every backward-weight with a filter wider than 1x1 to the direct
+# kernel, whatever the image size.
 CONFIGS = {
     "default": {},
-    "tiny-blocks": {"BLOCK_ELEMS": 1, "BLOCK_ELEMS_BWD_WEIGHT": 1, "MIN_COLS": 1,
-                    "MAX_BLOCK_ELEMS": 1, "WIDE_MIN_PIXELS": 0},
-    "no-wide": {"BLOCK_ELEMS": 64, "MIN_COLS": 1, "MAX_BLOCK_ELEMS": 64, "WIDE_MIN_PIXELS": 10**9},
+    "tiny-blocks": {(drivers, "BLOCK_ELEMS"): 1, (drivers, "BLOCK_ELEMS_BWD_WEIGHT"): 1,
+                    (drivers, "MIN_COLS"): 1, (drivers, "MAX_BLOCK_ELEMS"): 1,
+                    (drivers, "WIDE_MIN_PIXELS"): 0, (direct, "BLOCK_BYTES"): 1,
+                    (direct, "MIN_COLS"): 1, (direct, "CHUNK"): 16, (direct, "FORCE_MODE"): "cols",
+                    (direct, "WEIGHT_CHUNK"): 16, (drivers, "DIRECT_WEIGHT_MIN_EFFICIENCY"): 0},
+    "no-wide": {(drivers, "BLOCK_ELEMS"): 64, (drivers, "MIN_COLS"): 1, (drivers, "MAX_BLOCK_ELEMS"): 64,
+                (drivers, "WIDE_MIN_PIXELS"): 10**9, (direct, "FORCE_MODE"): "slab",
+                (drivers, "DIRECT_WEIGHT_MIN_EFFICIENCY"): 0},
 }
 
 
 @contextlib.contextmanager
 def knobs(name):
-    saved = {k: getattr(drivers, k) for k in CONFIGS[name]}
+    saved = {k: getattr(*k) for k in CONFIGS[name]}
     try:
-        for k, v in CONFIGS[name].items():
-            setattr(drivers, k, v)
+        for (module, attr), v in CONFIGS[name].items():
+            setattr(module, attr, v)
         yield
     finally:
-        for k, v in saved.items():
-            setattr(drivers, k, v)
+        for (module, attr), v in saved.items():
+            setattr(module, attr, v)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -243,6 +253,27 @@ def test_empty_dimensions(dtype, hw):
     assert fwd(z(1, 2, 3, 0), one(2, 2, 1, 1)).shape == (1, 2, 3, 0)
 
 
+@pytest.mark.parametrize("mode", ["slab", "cols"])
+def test_direct_kernels_on_several_threads(mode, monkeypatch):
+    """Stripes, slab rows and im2col rows split over threads give the one-thread result."""
+    import numba
+    threads = min(3, numba.config.NUMBA_NUM_THREADS)
+    if threads < 2:
+        pytest.skip("Numba allows one thread here (NUMBA_NUM_THREADS=1)")
+    monkeypatch.setattr(direct, "FORCE_MODE", mode)
+    monkeypatch.setattr(direct, "BLOCK_BYTES", 1 << 14)  # several blocks, bands included
+    rng = np.random.default_rng(12)
+    before = numba.get_num_threads()
+    try:
+        for case in ("bands", "primes", "stride2", "tiny-images"):
+            N, C, K, H, W, R, S, stride, padding, dilation = CASES[case]
+            x, w, dy = make(rng, N, C, K, H, W, R, S, stride, padding, dilation, np.float64)
+            numba.set_num_threads(threads)
+            check_all(x, w, dy, stride, padding, dilation)
+    finally:
+        numba.set_num_threads(before)
+
+
 def test_adjoint():
     rng = np.random.default_rng(11)
     for case in ("3x3-pad1", "stride2", "dilation2-stride2", "asym-pad", "primes", "pad>extent"):
@@ -270,7 +301,8 @@ def test_dtype_preserved_and_int_params():
 
 def test_warmup_then_no_compilation():
     kernels.warmup(("float32", "float64"))
-    jitted = (im2col.im2col, im2col.col2im, wide.pack_wide, wide.unpack_wide)
+    jitted = (im2col.im2col, im2col.col2im, wide.pack_wide, wide.unpack_wide, direct.pack_slab,
+              direct.pack_cols, direct.stripes, direct.unblock, direct.pack_dyt, direct.weight_tiles)
     before = [len(f.signatures) for f in jitted]
     assert all(n >= 1 for n in before) and sum(before) <= 2 * len(jitted)
     rng = np.random.default_rng(6)

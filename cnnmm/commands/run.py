@@ -110,6 +110,7 @@ def run_layer(comm, spec, args):
 
     from .. import bounds, cost
     from ..api import Conv2d
+    from ..runtime import startup_seconds
 
     layer = Conv2d(spec, comm, args.algo, args.grid, args.panel, args.replication, profile=args.profile)
     passes = list(PASSES) if args.pass_ == "train" else [args.pass_]
@@ -160,6 +161,9 @@ def run_layer(comm, spec, args):
             "words_lower_bound_mem": lower["mem"], "words_lower_bound_grid": lower["grid"],
             "phases": _max_phases(comm, phases),
         }
+        startup_s, warmup_s = startup_seconds()
+        record["startup_s"] = comm.allreduce(startup_s or 0.0, op=MPI.MAX)
+        record["warmup_s"] = comm.allreduce(warmup_s, op=MPI.MAX)
         record["gflops"] = spec.flops / record["time_s"] / 1e9 if record["time_s"] > 0 else None
         for key in ("alg", "grid"):
             bound = lower[key]
@@ -201,6 +205,8 @@ def _report(r):
         f"memory    {human_bytes(r['peak_bytes'])} peak algorithm buffers per rank "
         f"(model {human_bytes(r['peak_bytes_predicted'])})",
         f"model     {r['time_predicted_s'] * 1e3:.2f} ms predicted time",
+        f"startup   {r['startup_s']:.2f} s from import to kernels ready, {r['warmup_s']:.2f} s of it "
+        f"loading or compiling them (slowest rank)",
     ]
     if "rel_err" in r:
         verdict = "PASS" if r["verified"] else "FAIL"

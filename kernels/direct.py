@@ -1,0 +1,508 @@
+"""Direct (implicit-GEMM) convolution on the register-tiled micro-kernel of :mod:`.ukernel`.
+
+The GEMM is ``res[k, column] = sum_t A[k, t] * B[t, column]`` over the ``C*R*S`` taps ``t``
+with A the filter. Its B operand, the im2col matrix, is never formed for layers with large
+images: it is read in place from a *slab*, the block's input rows split into the ``sh*sw``
+stride phases, where every tap is a stride-1 shift (:func:`slab_offsets`). Slab columns
+follow output pixels on rows ``Q + (dw*(S-1))//sw`` wide, so each output row carries a few
+*junk* columns (2 of 58 for a 3x3 layer on 56x56 images) that are computed and dropped.
+B comes from one of two sources, whichever :class:`Plan` estimates cheaper:
+
+* ``SLAB``: the phase-split input rows above (one input-sized copy per call);
+* ``COLS``: an explicit im2col block (:func:`pack_cols`) where junk columns would cost
+  more than packing (a 3x3 layer on 7x7 images: 9 columns per 7 pixels); its copy costs
+  ``C*R*S`` elements per pixel, repaid over the ``K`` output channels.
+
+A block (whole images, or a band of output rows of one image) is sized so that its source
+and its result fit in L2 together. Its columns are split into *stripes* of ``NV*lanes``
+(:func:`stripes`), which run on this rank's kernel threads (:mod:`.threads`); the
+reduction goes in chunks of ``CHUNK`` taps, so a stripe's B rows stay in L1 while every
+row tile of the filter passes over them. The block result is then copied to the output
+(:func:`unblock`), row by row, dropping junk columns.
+
+Memory per call: one source block and one block result (together about ``BLOCK_BYTES``,
+1 MiB, more only when one output row or ``MIN_COLS`` columns need it), plus a copy of the
+last ``K % MR`` filter rows; the filter itself is read in place. Backward-data adds a
+flipped copy of the filter (of one stride phase's taps).
+"""
+
+import numpy as np
+from numba import njit
+
+from . import threads
+from .ukernel import MR, MR_W, NV, NV_W, VBYTES, copy_elems, lanes, microkernel, microkernel_w, tile_cols
+
+#: Source plus result of one block, aimed at the L2 cache.
+BLOCK_BYTES = 1 << 20
+#: Reduction steps per micro-kernel call: B's rows for one stripe stay in L1 meanwhile ...
+CHUNK = 128
+#: ... fewer when the filter's rows for one chunk would not fit in this many bytes (L2).
+A_CHUNK_BYTES = 1 << 19
+#: Blocks of small images have at least this many columns (a partial stripe wastes less).
+MIN_COLS = 384
+#: Cost of packing one im2col element, in multiply-adds of the GEMM (chooses COLS vs SLAB).
+PACK_MADDS = 96
+SLAB, COLS = "slab", "cols"
+#: Source for every layer (``SLAB`` or ``COLS``); None lets :class:`Plan` choose. For tests.
+FORCE_MODE = None
+
+
+def _up(a, b):
+    return -(-a // b) * b
+
+
+def _odd_lines(n, itemsize):
+    """A row pitch of at least ``n`` elements spanning an odd number of 64-byte lines: B's rows
+    at a power-of-two pitch would share a few L1 sets (a 14x14 slab row is 1 KiB)."""
+    per_line = 64 // itemsize
+    lines = -(-n // per_line)
+    return (lines | 1) * per_line
+
+
+def slab_offsets(C, R, S, sh, sw, dh, dw, Wph, L):
+    """Per-tap slab offsets ``koff`` (tap ``(c, r, s)`` at ``(c*R + r)*S + s``) and the flags of
+    the stride phases some tap reads, for a slab of row pitch ``L`` and output rows ``Wph``
+    wide. Phase ``(a, b)`` of channel ``c`` is slab row ``(a*sw + b)*C + c``."""
+    r, s = np.arange(R) * dh, np.arange(S) * dw
+    phase = (r % sh)[:, None] * sw + (s % sw)[None, :]
+    tap = phase * C * L + ((r // sh) * Wph)[:, None] + (s // sw)[None, :]
+    koff = (np.arange(C)[:, None, None] * L + tap[None]).reshape(-1).astype(np.int64)
+    used = np.zeros(sh * sw, np.bool_)
+    used[phase.ravel()] = True
+    return koff, used
+
+
+@njit(cache=True)
+def _qrange(off, sw, W, Q):
+    """Columns ``j`` in ``[lo, hi)`` of ``[0, Q)`` that read inside ``[0, W)`` at ``j*sw + off``."""
+    lo = 0 if off >= 0 else (-off + sw - 1) // sw
+    last = W - 1 - off
+    hi = last // sw + 1 if last >= 0 else 0
+    if hi > Q:
+        hi = Q
+    if lo > hi:
+        lo = hi
+    return lo, hi
+
+
+@njit(cache=True, nogil=True)
+def pack_slab(c0, c1, x, n0, n1, p0, Hb, Wph, L, sh, sw, used, top, left, slab):
+    """Fill channels ``c0:c1`` of the slab of images ``n0:n1``, output rows from ``p0``: phase
+    ``(a, b)`` of channel ``c`` holds ``x[n0+i, c, (p0+h)*sh + a - top, j*sw + b - left]``
+    (zero outside ``x``) at ``((a*sw + b)*C + c)*L + (i*Hb + h)*Wph + j`` for ``h < Hb,
+    j < Wph``."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    xf = x.reshape(-1)
+    item = x.itemsize
+    for c in range(c0, c1):
+        for a in range(sh):
+            for b in range(sw):
+                ph = a * sw + b
+                if not used[ph]:
+                    continue
+                off = b - left
+                lo, hi = _qrange(off, sw, W, Wph)
+                row = (ph * C + c) * L
+                for i in range(n1 - n0):
+                    plane = ((n0 + i) * C + c) * H * W
+                    for h in range(Hb):
+                        ih = (p0 + h) * sh + a - top
+                        base = row + (i * Hb + h) * Wph
+                        if ih < 0 or ih >= H:
+                            for j in range(Wph):
+                                slab[base + j] = 0
+                            continue
+                        for j in range(lo):
+                            slab[base + j] = 0
+                        src = plane + ih * W + lo * sw + off
+                        dst = base + lo
+                        if sw == 1:
+                            copy_elems(slab.ctypes.data + dst * item, xf.ctypes.data + src * item,
+                                       hi - lo, slab)
+                        else:
+                            for j in range(hi - lo):
+                                slab[dst + j] = xf[src + j * sw]
+                        for j in range(hi, Wph):
+                            slab[base + j] = 0
+
+
+@njit(cache=True, nogil=True)
+def pack_cols(t0, t1, x, n0, n1, p0, p1, Q, R, S, sh, sw, dh, dw, top, left, cols, pitch):
+    """Rows ``t0:t1`` of the im2col block of images ``n0:n1``, output rows ``p0:p1``: row
+    ``(c*R + r)*S + s``, column ``(i*(p1-p0) + p)*Q + q`` of the flat ``cols`` (row pitch
+    ``pitch``) holds ``x[n0+i, c, (p0+p)*sh + r*dh - top, q*sw + s*dw - left]`` (zero outside
+    ``x``)."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    xf = x.reshape(-1)
+    item = x.itemsize
+    rows = p1 - p0
+    for t in range(t0, t1):
+        c, rs = t // (R * S), t % (R * S)
+        r, s = rs // S, rs % S
+        off = s * dw - left
+        lo, hi = _qrange(off, sw, W, Q)
+        for i in range(n1 - n0):
+            plane = ((n0 + i) * C + c) * H * W
+            for p in range(rows):
+                base = t * pitch + (i * rows + p) * Q
+                ih = (p0 + p) * sh + r * dh - top
+                if ih < 0 or ih >= H:
+                    for q in range(Q):
+                        cols[base + q] = 0
+                    continue
+                for q in range(lo):
+                    cols[base + q] = 0
+                src = plane + ih * W + lo * sw + off
+                dst = base + lo
+                if sw == 1:
+                    copy_elems(cols.ctypes.data + dst * item, xf.ctypes.data + src * item, hi - lo,
+                               cols)
+                else:
+                    for q in range(hi - lo):
+                        cols[dst + q] = xf[src + q * sw]
+                for q in range(hi, Q):
+                    cols[base + q] = 0
+
+
+@njit(cache=True, nogil=True)
+def stripes(js0, js1, wm, wtail, src, src_base, koff, ncol, tail_safe, res, ldr):
+    """``res[k*ldr + j] = sum_t A[k, t] * B[t, j]`` for all ``Kp`` rows and the columns of
+    stripes ``js0:js1``; ``ldr`` is a multiple of the stripe width.
+
+    A is ``wm`` (row-major ``K x kred``, read in place) except for a last partial row tile,
+    which reads ``wtail`` (its ``K % MR`` rows padded with zeros to ``MR``). B's row ``t``
+    starts at element ``src_base + koff[t]`` of ``src`` and has ``ncol`` columns; when ``tail_safe`` is 0 the last stripe is copied first (reading past ``ncol`` is not
+    allowed), else the source has a stripe of readable slack.
+    """
+    kred = koff.shape[0]
+    K = wm.shape[0] // max(kred, 1)
+    Kp = (K + MR - 1) // MR * MR
+    item = src.itemsize
+    nr = NV * (VBYTES // item)
+    r0 = res.ctypes.data
+    # A stripe reading past ``ncol`` (only the last) gets its B rows copied to ``tb``.
+    full = js1 if (tail_safe or js1 * nr <= ncol) else js1 - 1
+    tb = np.zeros(kred * nr if full < js1 else 0, src.dtype)
+    tk = np.arange(kred) * nr
+    if full < js1:
+        j0 = full * nr
+        for t in range(kred):
+            for u in range(ncol - j0):
+                tb[t * nr + u] = src[src_base + koff[t] + j0 + u]
+    # Chunk outermost: the filter's chunk (K x chunk) is read from L2 by every stripe, a
+    # stripe's B chunk from L1 by every row tile.
+    chunk = max(16, min(CHUNK, (A_CHUNK_BYTES // item) // max(Kp, 1)))
+    for t0 in range(0, kred, chunk):
+        steps = min(chunk, kred - t0)
+        for js in range(js0, js1):
+            j0 = js * nr
+            if js < full:
+                b_addr, k_addr = src.ctypes.data + (src_base + j0) * item, koff.ctypes.data
+            else:
+                b_addr, k_addr = tb.ctypes.data, tk.ctypes.data
+            for kt in range(0, Kp, MR):
+                if kt + MR <= K:
+                    a_addr = wm.ctypes.data + (kt * kred + t0) * item
+                else:
+                    a_addr = wtail.ctypes.data + t0 * item
+                microkernel(steps, a_addr, kred, b_addr, k_addr + t0 * 8,
+                            r0 + (kt * ldr + j0) * item, ldr, 1 if t0 > 0 else 0, src)
+
+
+@njit(cache=True, nogil=True)
+def unblock(k0, k1, res, ldr, out, K, Ho, Wo, Q, n0, nb, p0, rows, img_pitch, row_pitch,
+            oh0, osh, ow0, osw, accumulate):
+    """Store rows ``k0:k1`` of a block result into the flat C-ordered (N, K, Ho, Wo) ``out``:
+    column ``i*img_pitch + p*row_pitch + q`` (``i < nb, p < rows, q < Q``) is pixel
+    ``out[n0 + i, k, oh0 + (p0 + p)*osh, ow0 + q*osw]``; other columns are junk."""
+    plane = Ho * Wo
+    item = res.itemsize
+    # Without junk, an image's rows are one run (long copies are what the hardware streams).
+    runs_whole = row_pitch == Q and osh == 1 and osw == 1 and Wo == Q
+    for k in range(k0, k1):
+        for i in range(nb):
+            o_img = ((n0 + i) * K + k) * plane + (oh0 + p0 * osh) * Wo + ow0
+            s_img = k * ldr + i * img_pitch
+            if runs_whole:
+                n = rows * Q
+                if accumulate:
+                    for q in range(n):
+                        out[o_img + q] += res[s_img + q]
+                else:
+                    copy_elems(out.ctypes.data + o_img * item, res.ctypes.data + s_img * item, n, res)
+                continue
+            for p in range(rows):
+                s0 = s_img + p * row_pitch
+                o0 = o_img + p * osh * Wo
+                if osw == 1 and accumulate:
+                    for q in range(Q):
+                        out[o0 + q] += res[s0 + q]
+                elif osw == 1:
+                    copy_elems(out.ctypes.data + o0 * item, res.ctypes.data + s0 * item, Q, res)
+                else:
+                    for q in range(Q):
+                        if accumulate:
+                            out[o0 + q * osw] += res[s0 + q]
+                        else:
+                            out[o0 + q * osw] = res[s0 + q]
+
+
+def filter_rows(w):
+    """A for :func:`stripes`: ``w`` (K, C, R, S) as a flat row-major ``K x C*R*S`` matrix and
+    its last ``K % MR`` rows padded with zeros to a full tile (empty when ``MR`` divides K)."""
+    K = w.shape[0]
+    kred = int(np.prod(w.shape[1:]))
+    wm = np.ascontiguousarray(w).reshape(-1)
+    full = K // MR * MR
+    wtail = np.zeros(MR * kred if full < K else 0, w.dtype)
+    wtail[:(K - full) * kred] = wm[full * kred:]
+    return wm, wtail
+
+
+class Plan:
+    """Source mode and blocks ``(n0, n1, p0, p1)`` of one layer (see the module docstring).
+
+    ``cost`` is in multiply-adds: the GEMM over every computed column (junk included) plus
+    the packing of ``COLS``. ``mode`` forces a source (``SLAB`` or ``COLS``).
+    """
+
+    def __init__(self, x_shape, K, P, Q, R, S, sh, sw, dh, dw, itemsize, mode=None):
+        N, C, H, W = x_shape
+        self.eh, self.ew = (dh * (R - 1)) // sh, (dw * (S - 1)) // sw
+        self.Wph = Q + self.ew
+        self.kred = C * R * S
+        nr = tile_cols(itemsize)
+        Kp = _up(K, MR)
+        _, self.used = slab_offsets(C, R, S, sh, sw, dh, dw, self.Wph, 1)
+        phases = int(self.used.sum())
+        modes = {COLS: (self.kred * Q, 0, Q, 0),
+                 SLAB: (phases * C * self.Wph, phases * C * self.eh * self.Wph, self.Wph, self.eh)}
+        if mode is not None:
+            modes = {mode: modes[mode]}
+        best = None
+        for mode, (src_row, src_fixed, pitch, extra_rows) in modes.items():
+            per_row = (src_row + Kp * pitch) * itemsize
+            blocks = _blocks(N, P, pitch, per_row, src_fixed * itemsize)
+            cost = 0
+            for n0, n1, p0, p1 in blocks:
+                rows = p1 - p0
+                ncol = (n1 - n0 - 1) * (rows + extra_rows) * pitch + rows * pitch
+                cost += _up(ncol, nr) * Kp * self.kred
+                if mode == COLS:
+                    cost += ncol * self.kred * PACK_MADDS
+            if best is None or cost < best[0]:
+                best = (cost, mode, blocks)
+        self.cost, self.mode, self.blocks = best
+        self.pitch = Q if self.mode != SLAB else self.Wph
+        self.extra_rows = self.eh if self.mode == SLAB else 0
+
+
+def _blocks(N, P, pitch, per_row, fixed):
+    """``(n0, n1, p0, p1)`` blocks of about ``BLOCK_BYTES``: several whole images (at least
+    ``MIN_COLS`` columns, ``pitch`` per output row, where the batch allows), else bands of
+    output rows of one image."""
+    per_image = P * per_row + fixed
+    if per_image <= BLOCK_BYTES or P * pitch < MIN_COLS:
+        nb = max(1, min(N, max(BLOCK_BYTES // max(per_image, 1), -(-MIN_COLS // (P * pitch)))))
+        nblk = -(-N // nb)
+        nb = -(-N // nblk)
+        return [(n0, min(N, n0 + nb), 0, P) for n0 in range(0, N, nb)]
+    rows = max(1, min(P, (BLOCK_BYTES - fixed) // max(per_row, 1)))
+    nband = -(-P // rows)
+    rows = -(-P // nband)
+    return [(n, n + 1, p0, min(P, p0 + rows)) for n in range(N) for p0 in range(0, P, rows)]
+
+
+def forward(x, w, P, Q, sh, sw, dh, dw, top, left, out, accumulate, out_origin=(0, 1, 0, 1),
+            mode=None):
+    """``out (+)= conv(x, w)`` for output size ``(P, Q)`` and first-tap offsets ``top``/``left``.
+
+    ``x``, ``w`` and ``out`` are C-contiguous of one dtype; output pixel ``(p, q)`` of image
+    ``n`` goes to ``out[n, k, oh0 + p*osh, ow0 + q*osw]`` with ``out_origin = (oh0, osh, ow0,
+    osw)`` (backward-data writes one stride phase of ``dx`` per call this way). ``mode``
+    forces the source of B (``SLAB`` or ``COLS``; tests and warm-up).
+    """
+    N, C, H, W = x.shape
+    K, _, R, S = w.shape
+    if N == 0 or K == 0 or P == 0 or Q == 0:
+        return
+    oh0, osh, ow0, osw = out_origin
+    if C == 0:
+        if not accumulate:
+            out[:, :, oh0::osh, ow0::osw][:, :, :P, :Q] = 0
+        return
+    item = x.dtype.itemsize
+    nr = tile_cols(item)
+    wm, wtail = filter_rows(w)
+    Kp = _up(K, MR)
+    plan = Plan(x.shape, K, P, Q, R, S, sh, sw, dh, dw, item, mode or FORCE_MODE)
+    kred = plan.kred
+    flat_out = out.reshape(-1)  # C-contiguous: a view
+    store = (K, out.shape[2], out.shape[3], Q)
+    geom = (oh0, osh, ow0, osw, 1 if accumulate else 0)
+    src = res = None
+    for n0, n1, p0, p1 in plan.blocks:
+        nb, rows = n1 - n0, p1 - p0
+        img_pitch = (rows + plan.extra_rows) * plan.pitch
+        ncol = (nb - 1) * img_pitch + rows * plan.pitch
+        nst = -(-ncol // nr)
+        if res is None:
+            res = np.empty(Kp * nst * nr, x.dtype)  # the first block is the largest
+        if plan.mode == COLS:
+            pitch = _odd_lines(ncol, item)
+            if src is None:
+                src = np.empty(kred * pitch, x.dtype)
+            threads.run_range(pack_cols, kred, x, n0, n1, p0, p1, Q, R, S, sh, sw, dh, dw, top, left,
+                              src, pitch)
+            koff = np.arange(kred, dtype=np.int64) * pitch
+            source, base, tail_safe = src, 0, 0
+        else:
+            Hb, L = rows + plan.eh, _odd_lines(nb * img_pitch, item)
+            if src is None:
+                # Junk columns read up to eh*Wph + ew + one stripe past a slab row; zeros
+                # keep them finite.
+                src = np.zeros(sh * sw * C * L + plan.eh * plan.Wph + plan.ew + nr, x.dtype)
+            threads.run_range(pack_slab, C, x, n0, n1, p0, Hb, plan.Wph, L, sh, sw, plan.used,
+                              top, left, src)
+            koff, _ = slab_offsets(C, R, S, sh, sw, dh, dw, plan.Wph, L)
+            source, base, tail_safe = src, 0, 1
+        ldr = nst * nr
+        threads.run_range(stripes, nst, wm, wtail, source, base, koff, ncol, tail_safe, res, ldr)
+        threads.run_range(unblock, K, res, ldr, flat_out, *store, n0, nb, p0, rows, img_pitch,
+                          plan.pitch, *geom)
+
+
+def backward_data(dy, w, H, W, sh, sw, dh, dw, top, left, dx, accumulate):
+    """``dx (+)= conv_transpose(dy, w)`` as ``sh*sw`` stride-1 forward convolutions of ``dy``.
+
+    Input rows ``ih = ih0 + m*sh`` (one *phase*) receive only the taps ``r`` with
+    ``(ih + top - r*dh) % sh == 0``; those are evenly spaced, so each phase is a stride-1
+    correlation of ``dy`` with a flipped, transposed sub-filter, written to
+    ``dx[:, :, ih0::sh, iw0::sw]`` (no scatter-add). Stride 1 is the single phase with every
+    tap. ``dy``, ``w`` and ``dx`` are C-contiguous.
+    """
+    for ih0 in range(min(sh, H)):
+        rs, dh2, top2 = _phase_taps(ih0, top, sh, dh, w.shape[2])
+        for iw0 in range(min(sw, W)):
+            ss, dw2, left2 = _phase_taps(iw0, left, sw, dw, w.shape[3])
+            Hp, Wp = len(range(ih0, H, sh)), len(range(iw0, W, sw))
+            if rs is None or ss is None or dy.shape[1] == 0:
+                if not accumulate:
+                    dx[:, :, ih0::sh, iw0::sw] = 0
+                continue
+            wt = np.ascontiguousarray(w[:, :, rs][:, :, :, ss].transpose(1, 0, 2, 3))
+            forward(dy, wt, Hp, Wp, 1, 1, dh2, dw2, top2, left2, dx, accumulate,
+                    out_origin=(ih0, sh, iw0, sw))
+
+
+def warmup(dtype):
+    """Compile (or load from Numba's cache) this module's kernels for ``dtype``, both sources."""
+    x = np.ones((1, 2, 5, 5), dtype)
+    w = np.ones((3, 2, 3, 3), dtype)
+    out = np.empty((1, 3, 5, 5), dtype)
+    for mode in (SLAB, COLS):
+        forward(x, w, 5, 5, 1, 1, 1, 1, 1, 1, out, False, mode=mode)
+        forward(x, w, 5, 5, 1, 1, 1, 1, 1, 1, out, True, mode=mode)
+    backward_weight(x, out, 3, 3, 1, 1, 1, 1, 1, 1, w, False)
+
+
+def _phase_taps(i0, top, stride, dil, R):
+    """Taps (a reversed slice of the filter axis, or None), ``dy``-side dilation and first-tap
+    offset of the phase of input rows ``i0::stride``."""
+    u = i0 + top
+    phi, base = u % stride, u // stride
+    taps = [r for r in range(R) if (r * dil) % stride == phi]
+    if not taps:
+        return None, 1, 0
+    step = dil // int(np.gcd(stride, dil))
+    t_last = (taps[-1] * dil - phi) // stride
+    spacing = taps[1] - taps[0] if len(taps) > 1 else 1
+    flipped = slice(taps[-1], taps[0] - 1 if taps[0] else None, -spacing)
+    return flipped, int(step), int(t_last - base)
+
+
+@njit(cache=True, nogil=True)
+def pack_dyt(r0, r1, dy, n0, p0, rows, img_pitch, row_pitch, dyt, Kp):
+    """Rows ``r0:r1`` (of ``nb*rows`` image rows) of the block's ``dy`` transposed into slab
+    columns: ``dyt[(i*img_pitch + p*row_pitch + q)*Kp + k] = dy[n0+i, k, p0+p, q]``. Junk
+    columns and padding channels ``k >= K`` are left as they are (zero)."""
+    K, P, Q = dy.shape[1], dy.shape[2], dy.shape[3]
+    dyf = dy.reshape(-1)
+    for r in range(r0, r1):
+        i, p = r // rows, r % rows
+        src = ((n0 + i) * K * P + p0 + p) * Q
+        dst = (i * img_pitch + p * row_pitch) * Kp
+        for k in range(K):
+            for q in range(Q):
+                dyt[dst + q * Kp + k] = dyf[src + k * P * Q + q]
+
+
+@njit(cache=True, nogil=True)
+def weight_tiles(i0, i1, slab, L, taps, ctiles, dyt, Kp, ncol, jsteps, dwt):
+    """``dwt[(rs*Cp + c)*Kp + k] += sum_j slab[c*L + taps[rs] + j] * dyt[j*Kp + k]`` over the
+    block's ``ncol`` columns, for the (tap, channel tile) items ``i0:i1`` (item ``rs*ctiles +
+    ct`` is channels ``ct*MR_W`` onwards of tap ``rs``; ``Cp = ctiles*MR_W``). ``jsteps`` is
+    ``arange(chunk)*Kp``. A tile's accumulators stay in registers for ``chunk`` pixels and in
+    L1 between chunks; ``dyt``'s column panel and the slab rows stream from L2."""
+    item = slab.itemsize
+    nrw = NV_W * (VBYTES // item)
+    chunk = jsteps.shape[0]
+    Cp = ctiles * MR_W
+    for kt in range(0, Kp, nrw):
+        for j0 in range(0, ncol, chunk):
+            b_addr = dyt.ctypes.data + (j0 * Kp + kt) * item
+            for it in range(i0, i1):
+                rs, ct = it // ctiles, it % ctiles
+                a_addr = slab.ctypes.data + (ct * MR_W * L + taps[rs] + j0) * item
+                c_addr = dwt.ctypes.data + ((rs * Cp + ct * MR_W) * Kp + kt) * item
+                microkernel_w(min(chunk, ncol - j0), a_addr, L, b_addr, jsteps.ctypes.data,
+                              c_addr, Kp, 1, slab)
+
+
+#: Pixels per backward-weight micro-kernel call.
+WEIGHT_CHUNK = 128
+
+
+def backward_weight(x, dy, R, S, sh, sw, dh, dw, top, left, dwt, accumulate):
+    """``dwt (+)= sum over pixels of dy x im2col(x)``; ``dwt`` is (K, C, R, S), C-contiguous.
+
+    The GEMM ``dW[c, r, s][k] = sum_j B[(c, r, s), j] * dyT[j, k]`` runs over the slab
+    columns ``j`` of each block (as in :func:`forward`), with ``dy`` transposed into those
+    columns (zeros at junk columns, so they add nothing). Its tiles are ``MR_W`` channels of
+    one tap (rows of the slab at a fixed pitch) by ``NV_W`` vectors of output channels; they
+    are split over the threads, so no partial sums need reducing. Memory: the slab and the
+    transposed ``dy`` of one block (about ``BLOCK_BYTES``) and ``R*S*C*K`` accumulators
+    (``C`` and ``K`` rounded up to the tile).
+    """
+    N, C, H, W = x.shape
+    _, K, P, Q = dy.shape
+    item = x.dtype.itemsize
+    RS = R * S
+    nrw = NV_W * lanes(item)
+    Kp, ctiles = _up(K, nrw), -(-C // MR_W)
+    Cp = ctiles * MR_W
+    acc_w = np.zeros(RS * Cp * Kp, x.dtype)
+    if N and P and Q and C and K:
+        plan = Plan(x.shape, Kp, P, Q, R, S, sh, sw, dh, dw, item, SLAB)
+        src = dyt = None
+        jsteps = np.arange(WEIGHT_CHUNK, dtype=np.int64) * Kp
+        for n0, n1, p0, p1 in plan.blocks:
+            nb, rows = n1 - n0, p1 - p0
+            img_pitch = (rows + plan.eh) * plan.Wph
+            ncol = (nb - 1) * img_pitch + rows * plan.Wph
+            Hb, L = rows + plan.eh, _odd_lines(nb * img_pitch, item)
+            if src is None:  # the first block is the largest
+                # Channel tiles past C read up to MR_W rows past the slab: zeros.
+                src = np.zeros((sh * sw * C + MR_W) * L + plan.eh * plan.Wph + plan.ew, x.dtype)
+                dyt = np.zeros(ncol * Kp, x.dtype)
+            threads.run_range(pack_slab, C, x, n0, n1, p0, Hb, plan.Wph, L, sh, sw, plan.used,
+                              top, left, src)
+            taps = slab_offsets(C, R, S, sh, sw, dh, dw, plan.Wph, L)[0][:RS]  # channel c adds c*L
+            threads.run_range(pack_dyt, nb * rows, dy, n0, p0, rows, img_pitch, plan.Wph, dyt, Kp)
+            threads.run_range(weight_tiles, RS * ctiles, src, L, taps, ctiles, dyt, Kp, ncol,
+                              jsteps, acc_w)
+    res = acc_w.reshape(R, S, Cp, Kp)[:, :, :C, :K].transpose(3, 2, 0, 1)
+    if accumulate:
+        dwt += res
+    else:
+        dwt[...] = res

@@ -25,6 +25,8 @@ def test_json_records_and_summary():
         assert r["gflops"] > 0 and r["gemm_gflops"] > 0 and r["threads"] == 1
         assert abs(r["gemm_pct"] - 100 * r["gflops"] / r["gemm_gflops"]) < 1e-6
         assert ("ratio_torch" in r) == HAVE_TORCH
+        # One thread asked for: the kernels keep about one core busy (process CPU / wall).
+        assert 0 < r["threads_busy"] < 1.5, r
     assert len(summary["summary"]) == 6 and summary["batch"] == 1
     if not HAVE_TORCH:
         assert "torch is not installed" in result.stderr
@@ -42,7 +44,8 @@ def test_table_and_bad_layer():
 def test_summary_targets():
     def rec(layer, ratio, pct, crs, dtype="float32"):
         return {"dtype": dtype, "pass": "fwd", "layer": layer, "gflops": pct, "gemm_gflops": 100.0,
-                "gemm_pct": pct, "crs": crs, "ratio_torch": ratio}
+                "gemm_pct": pct, "crs": crs, "ratio_torch": ratio, "threads_busy": 1.0,
+                "torch_threads_busy": 1.9 if layer == "b" else 1.0}
 
     good = [rec("a", 1.2, 80, 576), rec("b", 0.9, 50, 64)]
     (row,) = bk._summary(good, ("fwd",), ("float32",), True)
@@ -53,3 +56,6 @@ def test_summary_targets():
         assert not bk._summary(bad, ("fwd",), ("float32",), True)[0]["target_met"]
     (row,) = bk._summary([rec("a", 1.4, 50, 576, "float64")], ("fwd",), ("float64",), True)
     assert not row["target_met"] and "min_gemm_pct_big_crs" not in row
+    # A method busier than the threads asked for is called out next to the summary.
+    text = bk._summary_text(bk._summary(good, ("fwd",), ("float32",), True), True, 1)
+    assert "WARNING: torch kept 1.9 cores busy" in text and "cnnmm kept" not in text

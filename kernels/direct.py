@@ -390,7 +390,10 @@ def backward_data(dy, w, H, W, sh, sw, dh, dw, top, left, dx, accumulate):
                 if not accumulate:
                     dx[:, :, ih0::sh, iw0::sw] = 0
                 continue
-            wt = np.ascontiguousarray(w[:, :, rs][:, :, :, ss].transpose(1, 0, 2, 3))
+            rows = np.arange(w.shape[2])[rs].astype(np.int64)
+            cols = np.arange(w.shape[3])[ss].astype(np.int64)
+            wt = np.empty((w.shape[1], w.shape[0], len(rows), len(cols)), w.dtype)
+            threads.run_range(flip_filter, w.shape[1], w, rows, cols, wt)
             forward(dy, wt, Hp, Wp, 1, 1, dh2, dw2, top2, left2, dx, accumulate,
                     out_origin=(ih0, sh, iw0, sw))
 
@@ -404,6 +407,29 @@ def warmup(dtype):
         forward(x, w, 5, 5, 1, 1, 1, 1, 1, 1, out, False, mode=mode)
         forward(x, w, 5, 5, 1, 1, 1, 1, 1, 1, out, True, mode=mode)
     backward_weight(x, out, 3, 3, 1, 1, 1, 1, 1, 1, w, False)
+    backward_data(out, w, 5, 5, 1, 1, 1, 1, 1, 1, x, False)
+
+
+@njit(cache=True, nogil=True)
+def flip_filter(c0, c1, w, rows, cols, wt):
+    """``wt[c, k, i, j] = w[k, c, rows[i], cols[j]]`` for channels ``c0:c1`` (the transposed,
+    flipped filter of one backward-data phase). Output channels go in blocks, so that the
+    reads run along a few dozen rows of ``w`` at once instead of one line per element."""
+    K, C, R, S = w.shape
+    ni, nj = rows.shape[0], cols.shape[0]
+    taps = np.empty(ni * nj, np.int64)  # source offset of each output tap within w[k, c]
+    for i in range(ni):
+        for j in range(nj):
+            taps[i * nj + j] = rows[i] * S + cols[j]
+    wf, tf = w.reshape(-1), wt.reshape(-1)
+    nt = ni * nj
+    for k0 in range(0, K, 64):
+        for c in range(c0, c1):
+            for k in range(k0, min(K, k0 + 64)):
+                src = (k * C + c) * R * S
+                dst = (c * K + k) * nt
+                for e in range(nt):
+                    tf[dst + e] = wf[src + taps[e]]
 
 
 def _phase_taps(i0, top, stride, dil, R):

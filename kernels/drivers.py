@@ -243,7 +243,14 @@ def backward_weight(x, dy, R, S, sh, sw, dh, dw, top, left, dwt, accumulate):
             else:
                 np.add(dwm, a @ b, out=dwm)
 
-        if P * Q and use_wide(P, Q):
+        if (R == S == 1 and sh == sw == 1 and top == left == 0 and (P, Q) == (H, W)
+                and P * Q >= WIDE_MIN_PIXELS):
+            # Pointwise on large images: one GEMM per image, x and dy read in place (blocks
+            # of images would first copy dy into pixel-major order).
+            xm, dym = x.reshape(N, C, P * Q), dy.reshape(N, K, P * Q)
+            for n in range(N):
+                gemm(dym[n], xm[n].T)
+        elif P * Q and use_wide(P, Q):
             g = Wide(C, K, P, Q, R, S, sh, sw, dh, dw, x.dtype, BLOCK_ELEMS_BWD_WEIGHT)
             for n in range(N):
                 for p0, p1 in g.bands:

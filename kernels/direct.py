@@ -30,6 +30,7 @@ import numpy as np
 from numba import njit
 
 from . import threads
+from .im2col import _qrange
 from .ukernel import MR, MR_W, NV, NV_W, VBYTES, copy_elems, lanes, microkernel, microkernel_w, tile_cols
 
 #: Source plus result of one block, aimed at the L2 cache.
@@ -72,17 +73,19 @@ def slab_offsets(C, R, S, sh, sw, dh, dw, Wph, L):
     return koff, used
 
 
-@njit(cache=True)
-def _qrange(off, sw, W, Q):
-    """Columns ``j`` in ``[lo, hi)`` of ``[0, Q)`` that read inside ``[0, W)`` at ``j*sw + off``."""
-    lo = 0 if off >= 0 else (-off + sw - 1) // sw
-    last = W - 1 - off
-    hi = last // sw + 1 if last >= 0 else 0
-    if hi > Q:
-        hi = Q
-    if lo > hi:
-        lo = hi
-    return lo, hi
+@njit(cache=True, nogil=True)
+def _fill_row(dst, base, n, xf, src, sw, lo, hi):
+    """``dst[base + j]`` for ``j < n``: ``xf[src + (j - lo)*sw]`` on ``[lo, hi)``, zero elsewhere."""
+    for j in range(lo):
+        dst[base + j] = 0
+    if sw == 1:
+        copy_elems(dst.ctypes.data + (base + lo) * dst.itemsize, xf.ctypes.data + src * xf.itemsize,
+                   hi - lo, dst)
+    else:
+        for j in range(hi - lo):
+            dst[base + lo + j] = xf[src + j * sw]
+    for j in range(hi, n):
+        dst[base + j] = 0
 
 
 @njit(cache=True, nogil=True)
@@ -93,7 +96,6 @@ def pack_slab(c0, c1, x, n0, n1, p0, Hb, Wph, L, sh, sw, used, top, left, slab):
     j < Wph``."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     xf = x.reshape(-1)
-    item = x.itemsize
     for c in range(c0, c1):
         for a in range(sh):
             for b in range(sw):
@@ -107,23 +109,11 @@ def pack_slab(c0, c1, x, n0, n1, p0, Hb, Wph, L, sh, sw, used, top, left, slab):
                     plane = ((n0 + i) * C + c) * H * W
                     for h in range(Hb):
                         ih = (p0 + h) * sh + a - top
-                        base = row + (i * Hb + h) * Wph
                         if ih < 0 or ih >= H:
-                            for j in range(Wph):
-                                slab[base + j] = 0
-                            continue
-                        for j in range(lo):
-                            slab[base + j] = 0
-                        src = plane + ih * W + lo * sw + off
-                        dst = base + lo
-                        if sw == 1:
-                            copy_elems(slab.ctypes.data + dst * item, xf.ctypes.data + src * item,
-                                       hi - lo, slab)
+                            _fill_row(slab, row + (i * Hb + h) * Wph, Wph, xf, 0, sw, 0, 0)
                         else:
-                            for j in range(hi - lo):
-                                slab[dst + j] = xf[src + j * sw]
-                        for j in range(hi, Wph):
-                            slab[base + j] = 0
+                            _fill_row(slab, row + (i * Hb + h) * Wph, Wph, xf,
+                                      plane + ih * W + lo * sw + off, sw, lo, hi)
 
 
 @njit(cache=True, nogil=True)
@@ -134,7 +124,6 @@ def pack_cols(t0, t1, x, n0, n1, p0, p1, Q, R, S, sh, sw, dh, dw, top, left, col
     ``x``)."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     xf = x.reshape(-1)
-    item = x.itemsize
     rows = p1 - p0
     for t in range(t0, t1):
         c, rs = t // (R * S), t % (R * S)
@@ -144,24 +133,12 @@ def pack_cols(t0, t1, x, n0, n1, p0, p1, Q, R, S, sh, sw, dh, dw, top, left, col
         for i in range(n1 - n0):
             plane = ((n0 + i) * C + c) * H * W
             for p in range(rows):
-                base = t * pitch + (i * rows + p) * Q
                 ih = (p0 + p) * sh + r * dh - top
                 if ih < 0 or ih >= H:
-                    for q in range(Q):
-                        cols[base + q] = 0
-                    continue
-                for q in range(lo):
-                    cols[base + q] = 0
-                src = plane + ih * W + lo * sw + off
-                dst = base + lo
-                if sw == 1:
-                    copy_elems(cols.ctypes.data + dst * item, xf.ctypes.data + src * item, hi - lo,
-                               cols)
+                    _fill_row(cols, t * pitch + (i * rows + p) * Q, Q, xf, 0, sw, 0, 0)
                 else:
-                    for q in range(hi - lo):
-                        cols[dst + q] = xf[src + q * sw]
-                for q in range(hi, Q):
-                    cols[base + q] = 0
+                    _fill_row(cols, t * pitch + (i * rows + p) * Q, Q, xf, plane + ih * W + lo * sw + off,
+                              sw, lo, hi)
 
 
 @njit(cache=True, nogil=True)

@@ -18,6 +18,7 @@ Shapes: ``slab`` is (sh*sw*C, (rows + (dh*(R-1))//sh) * Wph), ``cols`` is
 import numpy as np
 from numba import njit
 
+from .direct import pack_slab
 from .im2col import _qrange
 
 __all__ = ["pack_wide", "unpack_wide"]
@@ -36,35 +37,11 @@ def _phases_used(R, S, sh, sw, dh, dw):
 @njit(cache=True)
 def pack_wide(x, n, slab, cols, p0, Wph, R, S, sh, sw, dh, dw, top, left):
     """Fill ``slab`` from image ``n`` of ``x`` (N, C, H, W), then ``cols`` from ``slab``."""
-    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    C = x.shape[1]
     Hb = slab.shape[1] // Wph
     used = _phases_used(R, S, sh, sw, dh, dw)
-    for a in range(sh):
-        for b in range(sw):
-            ph = a * sw + b
-            if not used[ph]:
-                continue
-            off = b - left
-            lo, hi = _qrange(off, sw, W, Wph)
-            for c in range(C):
-                srow = ph * C + c
-                for i in range(Hb):
-                    ih = (p0 + i) * sh + a - top
-                    base = i * Wph
-                    if ih < 0 or ih >= H:
-                        for j in range(Wph):
-                            slab[srow, base + j] = 0
-                        continue
-                    for j in range(lo):
-                        slab[srow, base + j] = 0
-                    if sw == 1:
-                        for j in range(lo, hi):
-                            slab[srow, base + j] = x[n, c, ih, j + off]
-                    else:
-                        for j in range(lo, hi):
-                            slab[srow, base + j] = x[n, c, ih, j * sw + off]
-                    for j in range(hi, Wph):
-                        slab[srow, base + j] = 0
+    # np.int64(0), not 0: a literal would compile pack_slab a second time (Literal[int] arg).
+    pack_slab(np.int64(0), C, x, n, n + 1, p0, Hb, Wph, Hb * Wph, sh, sw, used, top, left, slab.reshape(-1))
     ncol = cols.shape[1]
     for c in range(C):
         for r in range(R):

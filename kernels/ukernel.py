@@ -21,6 +21,8 @@ Callers pass addresses as int64 (``array.ctypes.data``), strides and offsets in 
 and guarantee that every access is in bounds. Nothing is allocated.
 """
 
+import os
+
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -38,8 +40,19 @@ def _has_avx512():
         return False
 
 
+def _vector_bytes():
+    # CNNMM_VECTOR_BYTES=32 builds the narrower tile on an AVX-512 host, to test it. Numba's
+    # cache does not see this setting: give such runs their own NUMBA_CACHE_DIR.
+    forced = os.environ.get("CNNMM_VECTOR_BYTES", "")
+    if forced:
+        if forced not in ("32", "64"):
+            raise ValueError(f"CNNMM_VECTOR_BYTES={forced!r}: use 32 or 64")
+        return int(forced)
+    return 64 if _has_avx512() else 32
+
+
 #: Bytes of one vector register the tile is built for.
-VBYTES = 64 if _has_avx512() else 32
+VBYTES = _vector_bytes()
 #: Tile rows (output channels) ...
 MR = 8 if VBYTES == 64 else 4
 #: ... and vectors per row.

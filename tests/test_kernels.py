@@ -274,6 +274,36 @@ def test_direct_kernels_on_several_threads(mode, monkeypatch):
         numba.set_num_threads(before)
 
 
+def test_narrow_vector_tile(tmp_path):
+    """The tile for hosts without AVX-512 (16 vector registers of 32 bytes), built here on
+    demand, against the oracle on the direct paths (its own Numba cache: the cached code holds
+    the tile shape)."""
+    import os
+    import subprocess
+    import sys
+    script = """
+import numpy as np, test_kernels as t
+from cnnmm.kernels import direct, drivers, ukernel
+assert (ukernel.VBYTES, ukernel.MR, ukernel.NV) == (32, 4, 3)
+drivers.DIRECT_WEIGHT_MIN_EFFICIENCY = 0
+rng = np.random.default_rng(8)
+for mode in ("slab", "cols"):
+    direct.FORCE_MODE = mode
+    for dtype in (np.float32, np.float64):
+        for case in ("3x3-pad1", "primes", "bands", "dilation2-stride2", "N=1,C=1,K=1"):
+            N, C, K, H, W, R, S, stride, padding, dilation = t.CASES[case]
+            x, w, dy = t.make(rng, N, C, K, H, W, R, S, stride, padding, dilation, dtype)
+            t.check_all(x, w, dy, stride, padding, dilation)
+print("narrow tile ok")
+"""
+    env = dict(os.environ, CNNMM_VECTOR_BYTES="32", NUMBA_CACHE_DIR=str(tmp_path))
+    here = os.path.dirname(os.path.abspath(__file__))
+    env["PYTHONPATH"] = os.pathsep.join([here] + [p for p in [env.get("PYTHONPATH")] if p])
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0 and "narrow tile ok" in result.stdout, result.stderr[-3000:]
+
+
 def test_adjoint():
     rng = np.random.default_rng(11)
     for case in ("3x3-pad1", "stride2", "dilation2-stride2", "asym-pad", "primes", "pad>extent"):

@@ -148,7 +148,8 @@ def stripes(js0, js1, wm, wtail, src, src_base, koff, ncol, tail_safe, res, ldr)
 
     A is ``wm`` (row-major ``K x kred``, read in place) except for a last partial row tile,
     which reads ``wtail`` (its ``K % MR`` rows padded with zeros to ``MR``). B's row ``t``
-    starts at element ``src_base + koff[t]`` of ``src`` and has ``ncol`` columns; when ``tail_safe`` is 0 the last stripe is copied first (reading past ``ncol`` is not
+    starts at element ``src_base + koff[t]`` of ``src`` and has ``ncol`` columns; when
+    ``tail_safe`` is 0 the last stripe is copied first (reading past ``ncol`` is not
     allowed), else the source has a stripe of readable slack.
     """
     kred = koff.shape[0]

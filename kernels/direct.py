@@ -31,7 +31,8 @@ from numba import njit
 
 from . import threads
 from .im2col import _qrange
-from .ukernel import MR, MR_W, NV, NV_W, VBYTES, copy_elems, lanes, microkernel, microkernel_w, tile_cols
+from .ukernel import (MR, MR_W, NV, NV_W, VBYTES, copy_elems, lanes, microkernel, microkernel_at, microkernel_w,
+                      tile_cols)
 
 #: Source plus result of one block, aimed at the L2 cache.
 BLOCK_BYTES = 1 << 20
@@ -150,19 +151,22 @@ def pack_cols(t0, t1, x, n0, n1, p0, p1, Q, R, S, sh, sw, dh, dw, top, left, col
 
 
 @njit(cache=True, nogil=True)
-def stripes(js0, js1, wm, wtail, src, src_base, koff, ncol, tail_safe, res, ldr):
+def stripes(js0, js1, wm, wtail, lda, aoff, aoff_tail, K, src, src_base, koff, ncol, tail_safe, res, ldr):
     """``res[k*ldr + j] = sum_t A[k, t] * B[t, j]`` for all ``Kp`` rows and the columns of
     stripes ``js0:js1``; ``ldr`` is a multiple of the stripe width.
 
-    A is ``wm`` (row-major ``K x kred``, read in place) except for a last partial row tile,
-    which reads ``wtail`` (its ``K % MR`` rows padded with zeros to ``MR``). B's row ``t``
+    A's row ``k`` starts at element ``k*lda`` of ``wm`` (read in place) and its step ``t`` is
+    element ``t`` of that row, or ``aoff[t]`` when ``aoff`` is not empty; a last partial row tile
+    reads ``wtail`` instead (its rows padded with zeros to ``MR``; steps ``t`` or
+    ``aoff_tail[t]``). B's row ``t``
     starts at element ``src_base + koff[t]`` of ``src`` and has ``ncol`` columns; when
     ``tail_safe`` is 0 the last stripe is copied first (reading past ``ncol`` is not
     allowed), else the source has a stripe of readable slack.
     """
     kred = koff.shape[0]
-    K = wm.shape[0] // max(kred, 1)
     Kp = (K + MR - 1) // MR * MR
+    table = aoff.shape[0] > 0
+    lda_tail = lda if table else kred
     item = src.itemsize
     nr = NV * (VBYTES // item)
     # Data addresses taken once, and a dtype tag of this call's own: each ``.ctypes`` and each
@@ -170,6 +174,7 @@ def stripes(js0, js1, wm, wtail, src, src_base, koff, ncol, tail_safe, res, ldr)
     # their inner loops on one shared array serialise on its cache line (measured: two threads
     # slower than one; one thread 30% slower too).
     r0, s0, k0, w0, wt0 = res.ctypes.data, src.ctypes.data, koff.ctypes.data, wm.ctypes.data, wtail.ctypes.data
+    ao0, at0 = aoff.ctypes.data, aoff_tail.ctypes.data
     # A stripe reading past ``ncol`` (only the last) gets its B rows copied to ``tb``.
     full = js1 if (tail_safe or js1 * nr <= ncol) else js1 - 1
     tb = np.zeros(kred * nr if full < js1 else 0, src.dtype)
@@ -193,12 +198,19 @@ def stripes(js0, js1, wm, wtail, src, src_base, koff, ncol, tail_safe, res, ldr)
             else:
                 b_addr, k_addr = tb0, tk0
             for kt in range(0, Kp, MR):
-                if kt + MR <= K:
-                    a_addr = w0 + (kt * kred + t0) * item
+                c_addr, acc = r0 + (kt * ldr + j0) * item, 1 if t0 > 0 else 0
+                if table and kt + MR <= K:
+                    microkernel_at(steps, w0 + kt * lda * item, lda, ao0 + t0 * 8, b_addr, k_addr + t0 * 8,
+                                   c_addr, ldr, acc, tag)
+                elif table:
+                    microkernel_at(steps, wt0, lda_tail, at0 + t0 * 8, b_addr, k_addr + t0 * 8,
+                                   c_addr, ldr, acc, tag)
+                elif kt + MR <= K:
+                    microkernel(steps, w0 + (kt * lda + t0) * item, lda, b_addr, k_addr + t0 * 8,
+                                c_addr, ldr, acc, tag)
                 else:
-                    a_addr = wt0 + t0 * item
-                microkernel(steps, a_addr, kred, b_addr, k_addr + t0 * 8,
-                            r0 + (kt * ldr + j0) * item, ldr, 1 if t0 > 0 else 0, tag)
+                    microkernel(steps, wt0 + t0 * item, lda_tail, b_addr, k_addr + t0 * 8,
+                                c_addr, ldr, acc, tag)
 
 
 @njit(cache=True, nogil=True)
@@ -309,15 +321,27 @@ def _blocks(N, P, pitch, per_row, fixed):
 
 def forward(x, w, P, Q, sh, sw, dh, dw, top, left, out, accumulate, out_origin=(0, 1, 0, 1),
             mode=None):
+    """``out (+)= conv(x, w)``; see :func:`_forward` (``w`` is (K, C, R, S), C-contiguous)."""
+    K, C, R, S = w.shape
+    wm, wtail = filter_rows(w)
+    empty = np.empty(0, np.int64)
+    _forward(x, (wm, wtail, C * R * S, empty, empty, K), R, S, P, Q, sh, sw, dh, dw, top, left, out,
+             accumulate, out_origin, mode)
+
+
+def _forward(x, filt, R, S, P, Q, sh, sw, dh, dw, top, left, out, accumulate, out_origin=(0, 1, 0, 1),
+             mode=None):
     """``out (+)= conv(x, w)`` for output size ``(P, Q)`` and first-tap offsets ``top``/``left``.
 
-    ``x``, ``w`` and ``out`` are C-contiguous of one dtype; output pixel ``(p, q)`` of image
+    ``filt = (wm, wtail, lda, aoff, aoff_tail, K)`` is the filter as :func:`stripes` reads it
+    (``K`` output channels, taps in the order of ``slab_offsets`` for ``R x S``).
+    ``x`` and ``out`` are C-contiguous of one dtype; output pixel ``(p, q)`` of image
     ``n`` goes to ``out[n, k, oh0 + p*osh, ow0 + q*osw]`` with ``out_origin = (oh0, osh, ow0,
     osw)`` (backward-data writes one stride phase of ``dx`` per call this way). ``mode``
     forces the source of B (``SLAB`` or ``COLS``; tests and warm-up).
     """
     N, C, H, W = x.shape
-    K, _, R, S = w.shape
+    K = filt[5]
     if N == 0 or K == 0 or P == 0 or Q == 0:
         return
     oh0, osh, ow0, osw = out_origin
@@ -327,7 +351,6 @@ def forward(x, w, P, Q, sh, sw, dh, dw, top, left, out, accumulate, out_origin=(
         return
     item = x.dtype.itemsize
     nr = tile_cols(item)
-    wm, wtail = filter_rows(w)
     Kp = _up(K, MR)
     plan = Plan(x.shape, K, P, Q, R, S, sh, sw, dh, dw, item, mode or FORCE_MODE)
     kred = plan.kred
@@ -361,7 +384,7 @@ def forward(x, w, P, Q, sh, sw, dh, dw, top, left, out, accumulate, out_origin=(
             koff, _ = slab_offsets(C, R, S, sh, sw, dh, dw, plan.Wph, L)
             source, base, tail_safe = src, 0, 1
         ldr = nst * nr
-        threads.run_range(stripes, nst, wm, wtail, source, base, koff, ncol, tail_safe, res, ldr)
+        threads.run_range(stripes, nst, *filt, source, base, koff, ncol, tail_safe, res, ldr)
         threads.run_range(unblock, K, res, ldr, flat_out, *store, n0, nb, p0, rows, img_pitch,
                           plan.pitch, *geom)
 
@@ -373,7 +396,8 @@ def backward_data(dy, w, H, W, sh, sw, dh, dw, top, left, dx, accumulate):
     ``(ih + top - r*dh) % sh == 0``; those are evenly spaced, so each phase is a stride-1
     correlation of ``dy`` with a flipped, transposed sub-filter, written to
     ``dx[:, :, ih0::sh, iw0::sw]`` (no scatter-add). Stride 1 is the single phase with every
-    tap. ``dy``, ``w`` and ``dx`` are C-contiguous.
+    tap. The filter is read in place through a step-offset table (:func:`_flipped`): no
+    flipped copy. ``dy``, ``w`` and ``dx`` are C-contiguous.
     """
     for ih0 in range(min(sh, H)):
         rs, dh2, top2 = _phase_taps(ih0, top, sh, dh, w.shape[2])
@@ -386,10 +410,8 @@ def backward_data(dy, w, H, W, sh, sw, dh, dw, top, left, dx, accumulate):
                 continue
             rows = np.arange(w.shape[2])[rs].astype(np.int64)
             cols = np.arange(w.shape[3])[ss].astype(np.int64)
-            wt = np.empty((w.shape[1], w.shape[0], len(rows), len(cols)), w.dtype)
-            threads.run_range(flip_filter, w.shape[1], w, rows, cols, wt)
-            forward(dy, wt, Hp, Wp, 1, 1, dh2, dw2, top2, left2, dx, accumulate,
-                    out_origin=(ih0, sh, iw0, sw))
+            _forward(dy, _flipped(w, rows, cols), len(rows), len(cols), Hp, Wp, 1, 1, dh2, dw2, top2,
+                     left2, dx, accumulate, out_origin=(ih0, sh, iw0, sw))
 
 
 def warmup(dtype):
@@ -404,26 +426,21 @@ def warmup(dtype):
     backward_data(out, w, 5, 5, 1, 1, 1, 1, 1, 1, x, False)
 
 
-@njit(cache=True, nogil=True)
-def flip_filter(c0, c1, w, rows, cols, wt):
-    """``wt[c, k, i, j] = w[k, c, rows[i], cols[j]]`` for channels ``c0:c1`` (the transposed,
-    flipped filter of one backward-data phase). Output channels go in blocks, so that the
-    reads run along a few dozen rows of ``w`` at once instead of one line per element."""
+def _flipped(w, rows, cols):
+    """The transposed, flipped filter of one backward-data phase as :func:`stripes` reads it,
+    without copying ``w``: output channel ``c`` (row ``c`` at pitch ``R*S``) and step
+    ``(k, i, j)`` at offset ``k*C*R*S + rows[i]*S + cols[j]``; the last ``C % MR`` channels
+    are copied, zero-padded, into a ``(K, MR, R*S)`` tail."""
     K, C, R, S = w.shape
-    ni, nj = rows.shape[0], cols.shape[0]
-    taps = np.empty(ni * nj, np.int64)  # source offset of each output tap within w[k, c]
-    for i in range(ni):
-        for j in range(nj):
-            taps[i * nj + j] = rows[i] * S + cols[j]
-    wf, tf = w.reshape(-1), wt.reshape(-1)
-    nt = ni * nj
-    for k0 in range(0, K, 64):
-        for c in range(c0, c1):
-            for k in range(k0, min(K, k0 + 64)):
-                src = (k * C + c) * R * S
-                dst = (c * K + k) * nt
-                for e in range(nt):
-                    tf[dst + e] = wf[src + taps[e]]
+    RS = R * S
+    taps = (rows[:, None] * S + cols[None, :]).ravel()
+    aoff = (np.arange(K, dtype=np.int64)[:, None] * (C * RS) + taps[None, :]).ravel()
+    full = C // MR * MR
+    wtail = np.zeros((K, MR, RS) if full < C else 0, w.dtype)
+    if full < C:
+        wtail[:, :C - full] = w[:, full:].reshape(K, C - full, RS)
+    aoff_tail = (np.arange(K, dtype=np.int64)[:, None] * (MR * RS) + taps[None, :]).ravel()
+    return w.reshape(-1), wtail.reshape(-1), RS, aoff, aoff_tail, C
 
 
 def _phase_taps(i0, top, stride, dil, R):

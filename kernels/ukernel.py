@@ -28,8 +28,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["VBYTES", "MR", "NV", "MR_W", "NV_W", "lanes", "tile_cols", "microkernel", "microkernel_w",
-           "copy_elems"]
+__all__ = ["VBYTES", "MR", "NV", "MR_W", "NV_W", "lanes", "tile_cols", "microkernel", "microkernel_at",
+           "microkernel_w", "copy_elems"]
 
 
 def _has_avx512():
@@ -69,13 +69,17 @@ def tile_cols(itemsize):
     return NV * lanes(itemsize)
 
 
-def _codegen(real, width, mr, nv):
+def _codegen(real, width, mr, nv, a_table):
     i64 = ir.IntType(64)
     vec = ir.VectorType(real, width)
     bits = 32 if isinstance(real, ir.FloatType) else 64
 
     def codegen(context, builder, sig, args):
-        steps, a_addr, lda, b_addr, koff_addr, c_addr, ldc, acc = args[:8]
+        if a_table:
+            steps, a_addr, lda, aoff_addr, b_addr, koff_addr, c_addr, ldc, acc = args[:9]
+            aoff = builder.inttoptr(aoff_addr, i64.as_pointer())
+        else:
+            steps, a_addr, lda, b_addr, koff_addr, c_addr, ldc, acc = args[:8]
         rptr = real.as_pointer()
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
                                              f"llvm.fma.v{width}f{bits}")
@@ -97,9 +101,10 @@ def _codegen(real, width, mr, nv):
         bvecs = [builder.load(builder.bitcast(builder.gep(brow, [ir.Constant(i64, v * width)]),
                                               vec.as_pointer()), align=1)
                  for v in range(nv)]
+        a_index = builder.load(builder.gep(aoff, [t])) if a_table else t
         new = []
         for i in range(mr):
-            s = builder.load(builder.gep(arows[i], [t]))
+            s = builder.load(builder.gep(arows[i], [a_index]))
             splat = builder.insert_element(ir.Constant(vec, ir.Undefined), s, ir.Constant(ir.IntType(32), 0))
             splat = builder.shuffle_vector(splat, ir.Constant(vec, ir.Undefined), splat_mask)
             for v in range(nv):
@@ -137,20 +142,29 @@ def _codegen(real, width, mr, nv):
     return codegen
 
 
-def _intrinsic(mr, nv):
-    def kernel(typingctx, steps, a, lda, b, koff, c, ldc, acc, tag):
+def _intrinsic(mr, nv, a_table=False):
+    def typer(tag):
         if tag.dtype == types.float32:
             real, item = ir.FloatType(), 4
         elif tag.dtype == types.float64:
             real, item = ir.DoubleType(), 8
         else:
             return None
-        sig = types.void(types.int64, types.int64, types.int64, types.int64, types.int64,
-                         types.int64, types.int64, types.int64, tag)
-        return sig, _codegen(real, lanes(item), mr, nv)
+        sig = types.void(*([types.int64] * (9 if a_table else 8)), tag)
+        return sig, _codegen(real, lanes(item), mr, nv, a_table)
 
-    kernel.__doc__ = f"""``c[i*ldc + j] (+)= sum_t a[i*lda + t] * b[koff[t] + j]`` for ``i < {mr}``,
-    ``j < {nv}*lanes``.
+    # Numba's intrinsics take a fixed argument list.
+    if a_table:
+        def kernel(typingctx, steps, a, lda, aoff, b, koff, c, ldc, acc, tag):
+            return typer(tag)
+    else:
+        def kernel(typingctx, steps, a, lda, b, koff, c, ldc, acc, tag):
+            return typer(tag)
+
+    where = "a[i*lda + aoff[t]]" if a_table else "a[i*lda + t]"
+    kernel.__doc__ = f"""``c[i*ldc + j] (+)= sum_t {where} * b[koff[t] + j]`` for ``i < {mr}``,
+    ``j < {nv}*lanes``; arguments ``(steps, a, lda, {'aoff, ' if a_table else ''}b, koff, c, ldc, acc,
+    tag)``.
 
     All arguments but ``tag`` are int64 (addresses from ``array.ctypes.data``); ``acc != 0``
     adds into ``c``. ``tag`` is any array of the operands' dtype: it selects float32 or
@@ -159,8 +173,10 @@ def _intrinsic(mr, nv):
     return intrinsic(kernel)
 
 
-#: The ``MR x NV`` tile (forward and backward-data).
+#: The ``MR x NV`` tile (forward and backward-data) ...
 microkernel = _intrinsic(MR, NV)
+#: ... with A's step offsets from a table: backward-data reads the filter in place, flipped.
+microkernel_at = _intrinsic(MR, NV, a_table=True)
 #: Backward-weight's tile: its columns are output channels, which come in multiples of 64 in
 #: common networks (an ``NV = 3`` tile would pad K = 64 to 96).
 MR_W, NV_W = (6, 4) if VBYTES == 64 else (MR, NV)

@@ -140,17 +140,7 @@ def conv2d_backward_data(dy, w, input_hw, stride=(1, 1), padding=(0, 0, 0, 0), d
         raise ValueError(f"dy has output size P x Q = {P} x {Q}, but input_hw={(H, W)} with this "
                          f"filter, stride, padding and dilation gives {Pe} x {Qe}")
     work, out = chk.result(out, (N, C, H, W), dtype, accumulate, "dx (N, C, Hx, Wx)")
-    if drv.use_direct(R, S) and sh == sw == 1:
-        drv.direct.backward_data(dy, w, H, W, sh, sw, dh, dw, top, left, work, accumulate)
-        return _finish(work, out, accumulate)
-    if sh == sw == 1:
-        wt = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-        drv.forward(dy, wt, H, W, 1, 1, dh, dw, dh * (R - 1) - top, dw * (S - 1) - left,
-                    work, accumulate)
-        return _finish(work, out, accumulate)
-    if not accumulate:
-        work.fill(0)
-    drv.backward_data_scatter(dy, w, sh, sw, dh, dw, top, left, work)
+    drv.backward_data(dy, w, H, W, sh, sw, dh, dw, top, left, work, accumulate)
     return _finish(work, out, accumulate)
 
 

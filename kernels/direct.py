@@ -301,6 +301,31 @@ class Plan:
         self.cost, self.mode, self.blocks = best
         self.pitch = Q if self.mode != SLAB else self.Wph
         self.extra_rows = self.eh if self.mode == SLAB else 0
+        self.shape = (C, R, S, sh, sw, dh, dw)
+
+    def columns(self, blk):
+        """``(nb, rows, img_pitch, ncol)`` of block ``blk``: images, output rows, columns per
+        image and columns in all (the last image's junk rows excluded)."""
+        n0, n1, p0, p1 = blk
+        nb, rows = n1 - n0, p1 - p0
+        img_pitch = (rows + self.extra_rows) * self.pitch
+        return nb, rows, img_pitch, (nb - 1) * img_pitch + rows * self.pitch
+
+    def pack_slab(self, x, blk, slab, top, left):
+        """Fill ``slab`` with block ``blk`` of ``x`` on the kernel threads; returns its row pitch
+        ``L`` and the per-tap offsets ``koff``. ``slab`` must hold ``slab_elems(L)``."""
+        C, R, S, sh, sw, dh, dw = self.shape
+        nb, rows, img_pitch, _ = self.columns(blk)
+        L = _odd_lines(nb * img_pitch, x.dtype.itemsize)
+        threads.run_range(pack_slab, C, x, blk[0], blk[1], blk[2], rows + self.eh, self.Wph, L, sh, sw,
+                          self.used, top, left, slab)
+        return L, slab_offsets(C, R, S, sh, sw, dh, dw, self.Wph, L)[0]
+
+    def slab_elems(self, L, extra_channels=0):
+        """Elements of a slab of row pitch ``L``: the phase rows of ``C + extra_channels``
+        channels, plus the slack that junk columns read (up to ``eh*Wph + ew`` past a row)."""
+        C, _, _, sh, sw = self.shape[:5]
+        return (sh * sw * C + extra_channels) * L + self.eh * self.Wph + self.ew
 
 
 def _blocks(N, P, pitch, per_row, fixed):
@@ -358,10 +383,9 @@ def _forward(x, filt, R, S, P, Q, sh, sw, dh, dw, top, left, out, accumulate, ou
     store = (K, out.shape[2], out.shape[3], Q)
     geom = (oh0, osh, ow0, osw, 1 if accumulate else 0)
     src = res = None
-    for n0, n1, p0, p1 in plan.blocks:
-        nb, rows = n1 - n0, p1 - p0
-        img_pitch = (rows + plan.extra_rows) * plan.pitch
-        ncol = (nb - 1) * img_pitch + rows * plan.pitch
+    for blk in plan.blocks:
+        n0, n1, p0, p1 = blk
+        nb, rows, img_pitch, ncol = plan.columns(blk)
         nst = -(-ncol // nr)
         if res is None:
             res = np.empty(Kp * nst * nr, x.dtype)  # the first block is the largest
@@ -374,14 +398,10 @@ def _forward(x, filt, R, S, P, Q, sh, sw, dh, dw, top, left, out, accumulate, ou
             koff = np.arange(kred, dtype=np.int64) * pitch
             source, base, tail_safe = src, 0, 0
         else:
-            Hb, L = rows + plan.eh, _odd_lines(nb * img_pitch, item)
             if src is None:
-                # Junk columns read up to eh*Wph + ew + one stripe past a slab row; zeros
-                # keep them finite.
-                src = np.zeros(sh * sw * C * L + plan.eh * plan.Wph + plan.ew + nr, x.dtype)
-            threads.run_range(pack_slab, C, x, n0, n1, p0, Hb, plan.Wph, L, sh, sw, plan.used,
-                              top, left, src)
-            koff, _ = slab_offsets(C, R, S, sh, sw, dh, dw, plan.Wph, L)
+                # Zeros keep junk reads finite; one stripe of slack past the last row.
+                src = np.zeros(plan.slab_elems(_odd_lines(nb * img_pitch, item)) + nr, x.dtype)
+            _, koff = plan.pack_slab(x, blk, src, top, left)
             source, base, tail_safe = src, 0, 1
         ldr = nst * nr
         threads.run_range(stripes, nst, *filt, source, base, koff, ncol, tail_safe, res, ldr)
@@ -525,18 +545,15 @@ def backward_weight(x, dy, R, S, sh, sw, dh, dw, top, left, dwt, accumulate):
         plan = Plan(x.shape, Kp, P, Q, R, S, sh, sw, dh, dw, item, SLAB)
         src = dyt = None
         jsteps = np.arange(WEIGHT_CHUNK, dtype=np.int64) * Kp
-        for n0, n1, p0, p1 in plan.blocks:
-            nb, rows = n1 - n0, p1 - p0
-            img_pitch = (rows + plan.eh) * plan.Wph
-            ncol = (nb - 1) * img_pitch + rows * plan.Wph
-            Hb, L = rows + plan.eh, _odd_lines(nb * img_pitch, item)
+        for blk in plan.blocks:
+            n0, _, p0, _ = blk
+            nb, rows, img_pitch, ncol = plan.columns(blk)
             if src is None:  # the first block is the largest
                 # Channel tiles past C read up to MR_W rows past the slab: zeros.
-                src = np.zeros((sh * sw * C + MR_W) * L + plan.eh * plan.Wph + plan.ew, x.dtype)
+                src = np.zeros(plan.slab_elems(_odd_lines(nb * img_pitch, item), MR_W), x.dtype)
                 dyt = np.zeros(ncol * Kp, x.dtype)
-            threads.run_range(pack_slab, C, x, n0, n1, p0, Hb, plan.Wph, L, sh, sw, plan.used,
-                              top, left, src)
-            taps = slab_offsets(C, R, S, sh, sw, dh, dw, plan.Wph, L)[0][:RS]  # channel c adds c*L
+            L, koff = plan.pack_slab(x, blk, src, top, left)
+            taps = koff[:RS]  # channel 0's taps: channel c adds c*L
             threads.run_range(pack_dyt, nb * rows, dy, n0, p0, rows, img_pitch, plan.Wph, dyt, Kp)
             threads.run_range(weight_tiles, RS * ctiles, src, L, taps, ctiles, dyt, Kp, ncol,
                               jsteps, acc_w)

@@ -196,6 +196,23 @@ def forward(x, w, P, Q, sh, sw, dh, dw, top, left, out, accumulate):
                 _store(out[n0:n1].reshape(nb, K, P * Q), res, accumulate)
 
 
+def backward_data(dy, w, H, W, sh, sw, dh, dw, top, left, dx, accumulate):
+    """``dx (+)= conv_transpose(dy, w)``: stride 1 is a forward convolution of ``dy`` with the
+    flipped, transposed filter (direct for filters wider than 1x1, which read it in place;
+    else through a flipped copy and BLAS), other strides a GEMM to columns and a scatter-add
+    (measured faster than the direct kernel's stride phases on most layers)."""
+    R, S = w.shape[2], w.shape[3]
+    if sh == sw == 1 and use_direct(R, S):
+        direct.backward_data(dy, w, H, W, sh, sw, dh, dw, top, left, dx, accumulate)
+    elif sh == sw == 1:
+        wt = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        forward(dy, wt, H, W, 1, 1, dh, dw, dh * (R - 1) - top, dw * (S - 1) - left, dx, accumulate)
+    else:
+        if not accumulate:
+            dx.fill(0)
+        backward_data_scatter(dy, w, sh, sw, dh, dw, top, left, dx)
+
+
 def backward_data_scatter(dy, w, sh, sw, dh, dw, top, left, dx):
     """``dx += conv_transpose(dy, w)``: GEMM to columns, then a scatter-add into ``dx``."""
     N, K, P, Q = dy.shape

@@ -1,7 +1,8 @@
 """Node-level conv2d kernels (forward, backward-data, backward-weight) for one rank.
 
 Filters wider than 1x1 run a direct convolution on an LLVM-IR register-tiled micro-kernel
-(:mod:`.direct`, :mod:`.ukernel`); 1x1 layers, strided backward-data and backward-weight on
+(:mod:`.direct`, :mod:`.ukernel`; forward also :mod:`.klanes`, with output channels in the
+vector lanes, where its cost estimate is clearly lower); 1x1 layers, strided backward-data and backward-weight on
 small images pack with Numba (im2col / col2im scatter-add) and multiply with numpy's BLAS
 (:mod:`.drivers`). No MPI here. Padding is
 ``(top, bottom, left, right)`` and may be asymmetric; any of N, C, K, H, W, P, Q may be 0.

@@ -8,7 +8,10 @@ backward-weight on large enough images; :mod:`.direct`): one source block (the i
 block reads, phase-split, or its im2col columns on small images) plus one block result or
 transposed ``dy`` block, together about ``direct.BLOCK_BYTES`` (1 MiB) unless one output row
 or ``direct.MIN_COLS`` columns need more; backward-weight adds ``R*S*C*K`` accumulators (C
-and K rounded up to the tile) and backward-data a flipped copy of the filter.
+and K rounded up to the tile) and backward-data a flipped copy of the filter. A forward that
+goes to :mod:`.klanes` (output channels in the vector lanes) holds a transposed copy of the
+filter (K rounded up to whole vector tiles) and blocks of about ``klanes.BLOCK_BYTES``
+(1 MiB: a zero-padded input copy plus the ``pixels x K`` result).
 
 Memory, packing + BLAS (the other cases). Work goes in blocks whose packed column matrix has about
 ``T = min(max(B, 256*C*R*S), max(B, 2**21))`` elements (``B = drivers.BLOCK_ELEMS = 2**18``,
@@ -72,7 +75,8 @@ def conv2d_forward(x, w, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), o
     Notes
     -----
     Internal buffers: see the module docstring. Filters wider than 1x1: a source block and a
-    result block of about 1 MiB together (direct kernels). 1x1: a packed column block of about
+    result block of about 1 MiB together (direct kernels), plus a transposed copy of the filter
+    where the output-channel-lanes kernel runs. 1x1: a packed column block of about
     ``T`` elements and a GEMM result of ``K/(C*R*S)`` times that; a stride-1, unpadded 1x1
     layer packs nothing.
     """
@@ -211,6 +215,7 @@ def warmup(dtypes=("float32", "float64")):
         if dtype not in chk.DTYPES:
             raise ValueError(f"warmup dtype {name!r}: only float32 and float64 are supported")
         drv.direct.warmup(dtype)
+        drv.klanes.warmup(dtype)
         x = np.ones((2, 2, 5, 5), dtype)
         w = np.ones((2, 2, 3, 3), dtype)
         for stride in ((1, 1), (2, 2)):

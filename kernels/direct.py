@@ -42,8 +42,11 @@ CHUNK = 128
 A_CHUNK_BYTES = 1 << 19
 #: Blocks of small images have at least this many columns (a partial stripe wastes less).
 MIN_COLS = 384
-#: Cost of packing one im2col element, in multiply-adds of the GEMM (chooses COLS vs SLAB).
+#: Cost of packing one im2col element, in multiply-adds of the GEMM (chooses COLS vs SLAB) ...
 PACK_MADDS = 96
+#: ... and of one slab element of a layer strided along rows (an element-wise gather; with
+#: ``sw == 1`` rows are block copies, counted as free).
+PHASE_PACK_MADDS = 150
 SLAB, COLS = "slab", "cols"
 #: Source for every layer (``SLAB`` or ``COLS``); None lets :class:`Plan` choose. For tests.
 FORCE_MODE = None
@@ -296,6 +299,8 @@ class Plan:
                 cost += _up(ncol, nr) * Kp * self.kred
                 if mode == COLS:
                     cost += ncol * self.kred * PACK_MADDS
+                elif sw > 1:
+                    cost += phases * C * (n1 - n0) * (rows + extra_rows) * pitch * PHASE_PACK_MADDS
             if best is None or cost < best[0]:
                 best = (cost, mode, blocks)
         self.cost, self.mode, self.blocks = best

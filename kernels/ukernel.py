@@ -29,7 +29,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 __all__ = ["VBYTES", "MR", "NV", "MR_W", "NV_W", "lanes", "tile_cols", "microkernel", "microkernel_at",
-           "microkernel_w", "copy_elems"]
+           "microkernel_w", "MR_K", "NV_K", "microkernel_px", "copy_elems"]
 
 
 def _has_avx512():
@@ -69,7 +69,7 @@ def tile_cols(itemsize):
     return NV * lanes(itemsize)
 
 
-def _codegen(real, width, mr, nv, a_table):
+def _codegen(real, width, mr, nv, a_table, row_table=False):
     i64 = ir.IntType(64)
     vec = ir.VectorType(real, width)
     bits = 32 if isinstance(real, ir.FloatType) else 64
@@ -84,9 +84,14 @@ def _codegen(real, width, mr, nv, a_table):
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
                                              f"llvm.fma.v{width}f{bits}")
         a0 = builder.inttoptr(a_addr, rptr)
-        arows = [builder.gep(a0, [builder.mul(lda, ir.Constant(i64, i))]) for i in range(mr)]
+        if row_table:  # ``lda`` is the address of the rows' offsets
+            prow = builder.inttoptr(lda, i64.as_pointer())
+            arows = [builder.gep(a0, [builder.load(builder.gep(prow, [ir.Constant(i64, i)]))])
+                     for i in range(mr)]
+        else:
+            arows = [builder.gep(a0, [builder.mul(lda, ir.Constant(i64, i))]) for i in range(mr)]
         b0 = builder.inttoptr(b_addr, rptr)
-        koff = builder.inttoptr(koff_addr, i64.as_pointer())
+        koff = None if row_table else builder.inttoptr(koff_addr, i64.as_pointer())
         zero = ir.Constant(vec, None)
         splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
         entry = builder.block
@@ -97,7 +102,9 @@ def _codegen(real, width, mr, nv, a_table):
         builder.position_at_end(loop)
         t = builder.phi(i64)
         accs = [builder.phi(vec) for _ in range(mr * nv)]
-        brow = builder.gep(b0, [builder.load(builder.gep(koff, [t]))])
+        # With a row table the ``koff`` argument is B's row stride: one load per step fewer.
+        bstep = builder.mul(t, koff_addr) if row_table else builder.load(builder.gep(koff, [t]))
+        brow = builder.gep(b0, [bstep])
         bvecs = [builder.load(builder.bitcast(builder.gep(brow, [ir.Constant(i64, v * width)]),
                                               vec.as_pointer()), align=1)
                  for v in range(nv)]
@@ -142,7 +149,7 @@ def _codegen(real, width, mr, nv, a_table):
     return codegen
 
 
-def _intrinsic(mr, nv, a_table=False):
+def _intrinsic(mr, nv, a_table=False, row_table=False):
     def typer(tag):
         if tag.dtype == types.float32:
             real, item = ir.FloatType(), 4
@@ -151,7 +158,7 @@ def _intrinsic(mr, nv, a_table=False):
         else:
             return None
         sig = types.void(*([types.int64] * (9 if a_table else 8)), tag)
-        return sig, _codegen(real, lanes(item), mr, nv, a_table)
+        return sig, _codegen(real, lanes(item), mr, nv, a_table, row_table)
 
     # Numba's intrinsics take a fixed argument list.
     if a_table:
@@ -161,10 +168,11 @@ def _intrinsic(mr, nv, a_table=False):
         def kernel(typingctx, steps, a, lda, b, koff, c, ldc, acc, tag):
             return typer(tag)
 
-    where = "a[i*lda + aoff[t]]" if a_table else "a[i*lda + t]"
-    kernel.__doc__ = f"""``c[i*ldc + j] (+)= sum_t {where} * b[koff[t] + j]`` for ``i < {mr}``,
-    ``j < {nv}*lanes``; arguments ``(steps, a, lda, {'aoff, ' if a_table else ''}b, koff, c, ldc, acc,
-    tag)``.
+    where = "a[prow[i] + aoff[t]]" if row_table else "a[i*lda + aoff[t]]" if a_table else "a[i*lda + t]"
+    bwhere = "b[t*ldb + j]" if row_table else "b[koff[t] + j]"
+    kernel.__doc__ = f"""``c[i*ldc + j] (+)= sum_t {where} * {bwhere}`` for ``i < {mr}``,
+    ``j < {nv}*lanes``; arguments ``(steps, a, {'prow' if row_table else 'lda'}, {'aoff, ' if a_table else ''}b,
+    {'ldb' if row_table else 'koff'}, c, ldc, acc, tag)``.
 
     All arguments but ``tag`` are int64 (addresses from ``array.ctypes.data``); ``acc != 0``
     adds into ``c``. ``tag`` is any array of the operands' dtype: it selects float32 or
@@ -181,6 +189,10 @@ microkernel_at = _intrinsic(MR, NV, a_table=True)
 #: common networks (an ``NV = 3`` tile would pad K = 64 to 96).
 MR_W, NV_W = (6, 4) if VBYTES == 64 else (MR, NV)
 microkernel_w = _intrinsic(MR_W, NV_W)
+#: The same tile shape with A's rows at offsets from a table: :mod:`.klanes` broadcasts input
+#: pixels (rows at any positions, so no junk columns) against vectors of output channels.
+MR_K, NV_K = MR_W, NV_W
+microkernel_px = _intrinsic(MR_K, NV_K, a_table=True, row_table=True)
 
 
 @intrinsic

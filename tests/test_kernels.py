@@ -5,10 +5,12 @@ explicitly and calling the oracle with pad=0 (cropping dx back for backward-data
 also runs with the drivers' block-size knobs forced small, so the band blocking, the wide
 (stride-1) packing and batched im2col are all exercised on small layers, and with each
 source of the direct kernels (slab, explicit columns) forced, with one-stripe blocks and
-short reduction chunks.
+short reduction chunks, and with the output-channel-lanes kernel (:mod:`cnnmm.kernels.klanes`)
+forced.
 """
 
 import contextlib
+import itertools
 import zlib
 
 import numpy as np
@@ -18,25 +20,30 @@ from hypothesis import strategies as st
 
 from cnnmm import kernels
 from cnnmm import reference as ref
-from cnnmm.kernels import direct, drivers, im2col, wide
+from cnnmm.kernels import direct, drivers, im2col, klanes, wide
 from cnnmm.spec import ConvSpec
 
 TOL = {np.float64: 1e-12, np.float32: 1e-5}
 
 # Knobs: default; one output row per band and always-wide stride 1 (and one-row direct blocks
 # with 16-step chunks from explicit columns); never wide (direct from a slab, 1 MiB blocks).
-# Both of the latter send every backward-weight with a filter wider than 1x1 to the direct
-# kernel, whatever the image size.
+# Both of these send every backward-weight with a filter wider than 1x1 to the direct
+# kernel, whatever the image size, and every forward to .direct; the k-lanes configurations
+# send every forward wider than 1x1 to .klanes (whole images, or one-row bands with 16-step
+# chunks).
 CONFIGS = {
     "default": {},
     "tiny-blocks": {(drivers, "BLOCK_ELEMS"): 1, (drivers, "BLOCK_ELEMS_BWD_WEIGHT"): 1,
                     (drivers, "MIN_COLS"): 1, (drivers, "MAX_BLOCK_ELEMS"): 1,
                     (drivers, "WIDE_MIN_PIXELS"): 0, (direct, "BLOCK_BYTES"): 1,
                     (direct, "MIN_COLS"): 1, (direct, "CHUNK"): 16, (direct, "FORCE_MODE"): "cols",
-                    (direct, "WEIGHT_CHUNK"): 16, (drivers, "DIRECT_WEIGHT_MIN_EFFICIENCY"): 0},
+                    (direct, "WEIGHT_CHUNK"): 16, (drivers, "DIRECT_WEIGHT_MIN_EFFICIENCY"): 0,
+                    (klanes, "FORCE"): False},
     "no-wide": {(drivers, "BLOCK_ELEMS"): 64, (drivers, "MIN_COLS"): 1, (drivers, "MAX_BLOCK_ELEMS"): 64,
                 (drivers, "WIDE_MIN_PIXELS"): 10**9, (direct, "FORCE_MODE"): "slab",
-                (drivers, "DIRECT_WEIGHT_MIN_EFFICIENCY"): 0},
+                (drivers, "DIRECT_WEIGHT_MIN_EFFICIENCY"): 0, (klanes, "FORCE"): False},
+    "k-lanes": {(klanes, "FORCE"): True},
+    "k-lanes-tiny": {(klanes, "FORCE"): True, (klanes, "BLOCK_BYTES"): 1, (klanes, "CHUNK"): 16},
 }
 
 
@@ -122,6 +129,7 @@ CASES = {
     "filter=input": (2, 3, 4, 5, 4, 5, 4, (1, 1), (0, 0, 0, 0), (1, 1)),
     "bands": (2, 16, 8, 40, 38, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1)),
     "tiny-images": (9, 32, 16, 4, 3, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1)),
+    "K-tails": (2, 9, 70, 9, 8, 3, 3, (2, 1), (1, 1, 1, 1), (1, 1)),
 }
 
 
@@ -253,14 +261,20 @@ def test_empty_dimensions(dtype, hw):
     assert fwd(z(1, 2, 3, 0), one(2, 2, 1, 1)).shape == (1, 2, 3, 0)
 
 
-@pytest.mark.parametrize("mode", ["slab", "cols"])
+@pytest.mark.parametrize("mode", ["slab", "cols", "klanes"])
 def test_direct_kernels_on_several_threads(mode, monkeypatch):
-    """Stripes, slab rows and im2col rows split over threads give the one-thread result."""
+    """Stripes (or pixel tiles), slab rows and im2col rows split over threads give the
+    one-thread result."""
     import numba
     threads = min(3, numba.config.NUMBA_NUM_THREADS)
     if threads < 2:
         pytest.skip("Numba allows one thread here (NUMBA_NUM_THREADS=1)")
-    monkeypatch.setattr(direct, "FORCE_MODE", mode)
+    if mode == "klanes":
+        monkeypatch.setattr(klanes, "FORCE", True)
+        monkeypatch.setattr(klanes, "BLOCK_BYTES", 1 << 14)
+    else:
+        monkeypatch.setattr(klanes, "FORCE", False)
+        monkeypatch.setattr(direct, "FORCE_MODE", mode)
     monkeypatch.setattr(direct, "BLOCK_BYTES", 1 << 14)  # several blocks, bands included
     rng = np.random.default_rng(12)
     before = numba.get_num_threads()
@@ -283,14 +297,15 @@ def test_narrow_vector_tile(tmp_path):
     import sys
     script = """
 import numpy as np, test_kernels as t
-from cnnmm.kernels import direct, drivers, ukernel
+from cnnmm.kernels import direct, drivers, klanes, ukernel
 assert (ukernel.VBYTES, ukernel.MR, ukernel.NV) == (32, 4, 3)
 drivers.DIRECT_WEIGHT_MIN_EFFICIENCY = 0
 rng = np.random.default_rng(8)
-for mode in ("slab", "cols"):
-    direct.FORCE_MODE = mode
+for mode in ("slab", "cols", "klanes"):
+    klanes.FORCE = mode == "klanes"
+    direct.FORCE_MODE = None if klanes.FORCE else mode
     for dtype in (np.float32, np.float64):
-        for case in ("3x3-pad1", "primes", "bands", "dilation2-stride2", "N=1,C=1,K=1"):
+        for case in ("3x3-pad1", "primes", "bands", "dilation2-stride2", "N=1,C=1,K=1", "K-tails"):
             N, C, K, H, W, R, S, stride, padding, dilation = t.CASES[case]
             x, w, dy = t.make(rng, N, C, K, H, W, R, S, stride, padding, dilation, dtype)
             t.check_all(x, w, dy, stride, padding, dilation)
@@ -332,12 +347,17 @@ def test_dtype_preserved_and_int_params():
 def test_warmup_then_no_compilation():
     kernels.warmup(("float32", "float64"))
     jitted = (im2col.im2col, im2col.col2im, wide.pack_wide, wide.unpack_wide, direct.pack_slab,
-              direct.pack_cols, direct.stripes, direct.unblock, direct.pack_dyt, direct.weight_tiles)
+              direct.pack_cols, direct.stripes, direct.unblock, direct.pack_dyt, direct.weight_tiles,
+              klanes.transpose_filter, klanes.tiles, klanes.store)
     before = [len(f.signatures) for f in jitted]
     assert all(n >= 1 for n in before) and sum(before) <= 2 * len(jitted)
     rng = np.random.default_rng(6)
-    for dtype in (np.float32, np.float64):
-        for case in ("stride2", "bands", "tiny-images", "primes", "7x7-stride2", "1x1-stride2-pad"):
+    for dtype, force, case in itertools.product(
+            (np.float32, np.float64), (None, True),
+            ("stride2", "bands", "tiny-images", "primes", "7x7-stride2", "1x1-stride2-pad", "filter=input")):
+        with contextlib.ExitStack() as stack:
+            stack.callback(setattr, klanes, "FORCE", klanes.FORCE)
+            klanes.FORCE = force  # the forward through either direct kernel
             N, C, K, H, W, R, S, stride, padding, dilation = CASES[case]
             x, w, dy = make(rng, N, C, K, H, W, R, S, stride, padding, dilation, dtype)
             kernels.conv2d_forward(x[:, ::-1], w, np.array(stride), padding, dilation)

@@ -144,20 +144,12 @@ def _offsets(nb, rows, Q, C, R, S, sh, sw, dh, dw, img, row, chan):
     return poff, (c * chan + r * (dh * row) + s * dw).ravel().astype(np.int64)
 
 
-def forward(x, w, P, Q, sh, sw, dh, dw, top, left, out, accumulate, out_origin=(0, 1, 0, 1)):
+def forward(x, w, P, Q, sh, sw, dh, dw, top, left, out, accumulate):
     """``out (+)= conv(x, w)`` for output size ``(P, Q)`` and first-tap offsets ``top``/``left``
-    (may be negative); ``x``, ``w`` (K, C, R, S) and ``out`` are C-contiguous of one dtype.
-    Output pixel ``(p, q)`` goes to ``out[n, k, oh0 + p*osh, ow0 + q*osw]`` with ``out_origin
-    = (oh0, osh, ow0, osw)``."""
+    (may be negative); ``x``, ``w`` (K, C, R, S) and ``out`` are C-contiguous of one dtype and
+    none of N, C, K, P, Q is 0 (:func:`.drivers.forward` deals with empty shapes)."""
     N, C, H, W = x.shape
     K, _, R, S = w.shape
-    if N == 0 or K == 0 or P == 0 or Q == 0:
-        return
-    oh0, osh, ow0, osw = out_origin
-    if C == 0:
-        if not accumulate:
-            out[:, :, oh0::osh, ow0::osw][:, :, :P, :Q] = 0
-        return
     item = x.dtype.itemsize
     kred = C * R * S
     Kp = k_pitch(K, item)
@@ -167,7 +159,7 @@ def forward(x, w, P, Q, sh, sw, dh, dw, top, left, out, accumulate, out_origin=(
     Wp = (Q - 1) * sw + (S - 1) * dw + 1
     flat_out = out.reshape(-1)
     store_args = (K, out.shape[2], out.shape[3], Q)
-    geom = (oh0, osh, ow0, osw, 1 if accumulate else 0)
+    geom = (0, 1, 0, 1, 1 if accumulate else 0)  # output origin and strides: plain NCHW
     res = src = None
     offsets = (None, None)
     for n0, n1, p0, p1 in blocks(x.shape, K, P, Q, R, S, sh, sw, dh, dw, item, in_place):

@@ -117,21 +117,19 @@ def tiles(i0, i1, src, poff, aoff, wt, Kp, res):
 
 
 @njit(cache=True, nogil=True)
-def store(k0, k1, res, Kp, out, K, Ho, Wo, Q, n0, nb, p0, rows, oh0, osh, ow0, osw, accumulate):
-    """Channels ``k0:k1`` of a block result into the flat C-ordered (N, K, Ho, Wo) ``out``:
-    ``res[((i*rows + p)*Q + q)*Kp + k]`` is ``out[n0 + i, k, oh0 + (p0 + p)*osh, ow0 + q*osw]``."""
-    plane = Ho * Wo
+def store(k0, k1, res, Kp, out, K, P, Q, n0, nb, p0, rows, accumulate):
+    """Channels ``k0:k1`` of a block result into the flat C-ordered (N, K, P, Q) ``out``:
+    ``res[(i*rows*Q + j)*Kp + k]`` is element ``j`` of the run ``out[n0 + i, k, p0:p0 + rows, :]``."""
     for k in range(k0, k1):
         for i in range(nb):
-            for p in range(rows):
-                o = ((n0 + i) * K + k) * plane + (oh0 + (p0 + p) * osh) * Wo + ow0
-                r = ((i * rows + p) * Q) * Kp + k
-                if accumulate:
-                    for q in range(Q):
-                        out[o + q * osw] += res[r + q * Kp]
-                else:
-                    for q in range(Q):
-                        out[o + q * osw] = res[r + q * Kp]
+            o = ((n0 + i) * K + k) * P * Q + p0 * Q
+            r = i * rows * Q * Kp + k
+            if accumulate:
+                for j in range(rows * Q):
+                    out[o + j] += res[r + j * Kp]
+            else:
+                for j in range(rows * Q):
+                    out[o + j] = res[r + j * Kp]
 
 
 def _offsets(nb, rows, Q, C, R, S, sh, sw, dh, dw, img, row, chan):
@@ -158,8 +156,6 @@ def forward(x, w, P, Q, sh, sw, dh, dw, top, left, out, accumulate):
     in_place = _in_place(x.shape, P, Q, R, S, sh, sw, dh, dw, top, left)
     Wp = (Q - 1) * sw + (S - 1) * dw + 1
     flat_out = out.reshape(-1)
-    store_args = (K, out.shape[2], out.shape[3], Q)
-    geom = (0, 1, 0, 1, 1 if accumulate else 0)  # output origin and strides: plain NCHW
     res = src = None
     offsets = (None, None)
     for n0, n1, p0, p1 in blocks(x.shape, K, P, Q, R, S, sh, sw, dh, dw, item, in_place):
@@ -186,7 +182,7 @@ def forward(x, w, P, Q, sh, sw, dh, dw, top, left, out, accumulate):
         if res is None:
             res = np.empty(poff.size * Kp, x.dtype)
         threads.run_range(tiles, poff.size // MR_K, source, poff, aoff, wt, Kp, res)
-        threads.run_range(store, K, res, Kp, flat_out, *store_args, n0, nb, p0, rows, *geom)
+        threads.run_range(store, K, res, Kp, flat_out, K, P, Q, n0, nb, p0, rows, 1 if accumulate else 0)
 
 
 _ONE_PHASE = np.ones(1, np.bool_)

@@ -133,11 +133,15 @@ def use_direct(R, S):
     return R * S > 1
 
 
-#: :mod:`.klanes` takes a layer when its estimate is at most this fraction of :mod:`.direct`'s.
-#: Neither estimate counts the result's store nor every copy; measured (ResNet-50, batch 8,
-#: float32, one thread, alternating), klanes won clearly only there: res3's strided 3x3 layer
-#: 1.28-1.37x (direct: an element-wise stride-phase gather), the others 0.76-1.05x.
-KLANES_MARGIN = 0.75
+#: :mod:`.klanes` takes a layer when its estimate is below this fraction of :mod:`.direct`'s.
+#: Neither estimate counts the result's store nor every copy, nor the direct kernel's loads
+#: of B that straddle cache lines (a slab's shifted taps). Measured (one thread, alternating;
+#: estimate ratio -> klanes' speed over direct's), ResNet-50 at batch 8, float32: conv1 0.80
+#: -> 1.41-1.44, res2.3x3 0.97 -> 1.12-1.19, res3.3x3 0.94 -> 1.21, res4.3x3 0.93 -> 1.04-1.17,
+#: the strided 3x3 layers 0.59-0.77 -> 1.39-1.6, res5's 3x3 layers 1.19-1.25 -> 0.83-0.9;
+#: float64 the same signs (1.03-1.36, res5 0.73-0.88); VGG-16 at batch 1: conv1_2 0.99 ->
+#: 1.12, conv3_x 0.97 -> 0.94, conv5_x 1.66 -> 0.66.
+KLANES_MARGIN = 1.0
 
 
 def use_klanes(x_shape, K, P, Q, R, S, sh, sw, dh, dw, top, left, itemsize):

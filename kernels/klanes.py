@@ -10,14 +10,14 @@ filter ``B = wt[t, k]``. Pixels can sit anywhere in the source, so there are no 
 tap reaches outside it, else a zero-padded copy of the block (whole-row copies, also for
 strided layers).
 
-The price is the transposed filter, ``K*C*R*S`` elements copied per call (a scattered copy,
-measured at 1.5-6 GB/s here, so about 200 multiply-adds' time per element is budgeted) and a
-transposed store of the result (:func:`store`, 2-7% of the time on ResNet-50's 3x3 layers).
-:func:`cost` puts the transposition next to the GEMM so that the drivers can compare it with
-:class:`.direct.Plan`'s estimate. Measured on ResNet-50 at batch 8 (float32, one thread,
-alternating with :mod:`.direct`): 1.28-1.37x on the strided 3x3 layer on 56x56 images (where
-the direct kernel gathers stride phases element by element), 0.9-1.05x on the other 3x3
-layers of 14x14 and larger images, 0.5-0.85x on 7x7 images (few pixels per filter element).
+The price is the transposed filter, ``K*C*R*S`` elements copied per call, and a transposed
+store of the result (:func:`store`); both move square tiles through vector registers
+(:data:`~.ukernel.transpose_tile`). The filter's copy still runs at only 1.3-2.4 GB/s on
+ResNet-50's largest filters (it is 18% of the call on 7x7 images), so about 200
+multiply-adds' time per element is budgeted; the store is 3-7% of the 3x3 layers' time
+(conv1, with 64 channels of 112x112 pixels to write, 21%). :func:`cost` puts the
+transposition next to the GEMM so that the drivers can compare it with :class:`.direct.Plan`'s
+estimate (measurements at :data:`.drivers.KLANES_MARGIN`).
 
 Memory per call: the transposed filter (``C*R*S x K``, K rounded up to ``NV_K`` vectors),
 and per block (about ``BLOCK_BYTES``) a padded source copy and the ``pixels x K`` result.
@@ -28,7 +28,7 @@ from numba import njit
 
 from . import threads
 from .direct import _odd_lines, _up, pack_slab
-from .ukernel import MR_K, NV_K, VBYTES, lanes, microkernel_px
+from .ukernel import MR_K, NV_K, VBYTES, lanes, microkernel_px, transpose_tile
 
 #: Padded source plus result of one block, aimed at the L2 cache.
 BLOCK_BYTES = 1 << 20
@@ -86,13 +86,23 @@ def cost(x_shape, K, P, Q, R, S, sh, sw, dh, dw, top, left, itemsize):
 @njit(cache=True, nogil=True)
 def transpose_filter(k0, k1, wm, kred, wt, Kp):
     """``wt[t*Kp + k] = wm[k*kred + t]`` for output channels ``k0:k1``."""
-    # 64 x 64 blocks: their rows of ``wm`` and of ``wt`` stay in L1 together.
-    for kb in range(k0, k1, 64):
-        ke = min(k1, kb + 64)
-        for tb in range(0, kred, 64):
-            for t in range(tb, min(kred, tb + 64)):
-                for k in range(kb, ke):
-                    wt[t * Kp + k] = wm[k * kred + t]
+    item = wm.itemsize
+    lanes_ = VBYTES // item
+    w0, d0, tag = wm.ctypes.data, wt.ctypes.data, np.empty(0, wm.dtype)
+    kf = k0 + (k1 - k0) // lanes_ * lanes_
+    tf = kred // lanes_ * lanes_
+    # Square tiles transposed in registers, a band of ``lanes`` filter rows at a time (each
+    # read once, in order: on ResNet-50's largest filters the fastest order measured, at
+    # 1.3-2.4 GB/s there against 0.7-1.9 element by element).
+    for k in range(k0, kf, lanes_):
+        for t in range(0, tf, lanes_):
+            transpose_tile(w0 + (k * kred + t) * item, kred, d0 + (t * Kp + k) * item, Kp, 0, tag)
+    for t in range(tf, kred):
+        for k in range(k0, kf):
+            wt[t * Kp + k] = wm[k * kred + t]
+    for k in range(kf, k1):
+        for t in range(kred):
+            wt[t * Kp + k] = wm[k * kred + t]
 
 
 @njit(cache=True, nogil=True)
@@ -120,16 +130,26 @@ def tiles(i0, i1, src, poff, aoff, wt, Kp, res):
 def store(k0, k1, res, Kp, out, K, P, Q, n0, nb, p0, rows, accumulate):
     """Channels ``k0:k1`` of a block result into the flat C-ordered (N, K, P, Q) ``out``:
     ``res[(i*rows*Q + j)*Kp + k]`` is element ``j`` of the run ``out[n0 + i, k, p0:p0 + rows, :]``."""
-    for k in range(k0, k1):
-        for i in range(nb):
-            o = ((n0 + i) * K + k) * P * Q + p0 * Q
-            r = i * rows * Q * Kp + k
-            if accumulate:
-                for j in range(rows * Q):
-                    out[o + j] += res[r + j * Kp]
-            else:
-                for j in range(rows * Q):
-                    out[o + j] = res[r + j * Kp]
+    item = res.itemsize
+    lanes_ = VBYTES // item
+    r0, o0, tag = res.ctypes.data, out.ctypes.data, np.empty(0, res.dtype)
+    run = rows * Q
+    kf = k0 + (k1 - k0) // lanes_ * lanes_
+    jf = run // lanes_ * lanes_
+    for i in range(nb):
+        r = i * run * Kp
+        o = (n0 + i) * K * P * Q + p0 * Q
+        # Square tiles transposed in registers, then the ragged edges element by element.
+        for k in range(k0, kf, lanes_):
+            for j in range(0, jf, lanes_):
+                transpose_tile(r0 + (r + j * Kp + k) * item, Kp, o0 + (o + k * P * Q + j) * item, P * Q,
+                               accumulate, tag)
+        for k in range(k0, k1):
+            for j in range(jf if k < kf else 0, run):
+                if accumulate:
+                    out[o + k * P * Q + j] += res[r + j * Kp + k]
+                else:
+                    out[o + k * P * Q + j] = res[r + j * Kp + k]
 
 
 def _offsets(nb, rows, Q, C, R, S, sh, sw, dh, dw, img, row, chan):

@@ -29,7 +29,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 __all__ = ["VBYTES", "MR", "NV", "MR_W", "NV_W", "lanes", "tile_cols", "microkernel", "microkernel_at",
-           "microkernel_w", "MR_K", "NV_K", "microkernel_px", "copy_elems"]
+           "microkernel_w", "MR_K", "NV_K", "microkernel_px", "copy_elems", "transpose_tile"]
 
 
 def _has_avx512():
@@ -67,6 +67,17 @@ def lanes(itemsize):
 def tile_cols(itemsize):
     """Columns (output pixels) of one tile: ``NV * lanes``."""
     return NV * lanes(itemsize)
+
+
+def _store_or_add(builder, acc, ptrs, values):
+    """Store ``values`` (vectors) to ``ptrs``, or add them into what is there if ``acc != 0``."""
+    with builder.if_else(builder.icmp_signed("!=", acc, ir.Constant(acc.type, 0))) as (add, store):
+        with add:
+            for p, value in zip(ptrs, values):
+                builder.store(builder.fadd(builder.load(p, align=1), value), p, align=1)
+        with store:
+            for p, value in zip(ptrs, values):
+                builder.store(value, p, align=1)
 
 
 def _codegen(real, width, mr, nv, a_table, row_table=False):
@@ -137,25 +148,25 @@ def _codegen(real, width, mr, nv, a_table, row_table=False):
                                                               ir.Constant(i64, v * width))]),
                                 vec.as_pointer())
                 for i in range(mr) for v in range(nv)]
-        with builder.if_else(builder.icmp_signed("!=", acc, ir.Constant(i64, 0))) as (add, store):
-            with add:
-                for p, value in zip(ptrs, sums):
-                    builder.store(builder.fadd(builder.load(p, align=1), value), p, align=1)
-            with store:
-                for p, value in zip(ptrs, sums):
-                    builder.store(value, p, align=1)
+        _store_or_add(builder, acc, ptrs, sums)
         return context.get_dummy_value()
 
     return codegen
 
 
+def _real(tag):
+    """LLVM element type and item size of the dtype tag ``tag`` (None for other dtypes)."""
+    if tag.dtype == types.float32:
+        return ir.FloatType(), 4
+    if tag.dtype == types.float64:
+        return ir.DoubleType(), 8
+    return None, 0
+
+
 def _intrinsic(mr, nv, a_table=False, row_table=False):
     def typer(tag):
-        if tag.dtype == types.float32:
-            real, item = ir.FloatType(), 4
-        elif tag.dtype == types.float64:
-            real, item = ir.DoubleType(), 8
-        else:
+        real, item = _real(tag)
+        if real is None:
             return None
         sig = types.void(*([types.int64] * (9 if a_table else 8)), tag)
         return sig, _codegen(real, lanes(item), mr, nv, a_table, row_table)
@@ -209,3 +220,48 @@ def copy_elems(typingctx, dst, src, n, tag):
         return context.get_dummy_value()
 
     return types.void(types.int64, types.int64, types.int64, tag), codegen
+
+
+def _transpose_codegen(real, width):
+    i64 = ir.IntType(64)
+    vec = ir.VectorType(real, width)
+
+    def codegen(context, builder, sig, args):
+        s_addr, lds, d_addr, ldd, acc = args[:5]
+        rptr = real.as_pointer()
+        s0, d0 = builder.inttoptr(s_addr, rptr), builder.inttoptr(d_addr, rptr)
+
+        def row(base, ld, i):
+            return builder.bitcast(builder.gep(base, [builder.mul(ld, ir.Constant(i64, i))]), vec.as_pointer())
+
+        rows = [builder.load(row(s0, lds, i), align=1) for i in range(width)]
+        # Stage ``s`` swaps the off-diagonal s x s blocks of every 2s x 2s block; all stages
+        # together swap row and column index bit by bit: the transpose.
+        s = width // 2
+        while s:
+            lo = [j if not j & s else width + j - s for j in range(width)]
+            hi = [j + s if not j & s else width + j for j in range(width)]
+            for i in range(width):
+                if i & s:
+                    continue
+                a, b = rows[i], rows[i + s]
+                rows[i] = builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), width), lo))
+                rows[i + s] = builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), width), hi))
+            s //= 2
+        ptrs = [row(d0, ldd, i) for i in range(width)]
+        _store_or_add(builder, acc, ptrs, rows)
+        return context.get_dummy_value()
+
+    return codegen
+
+
+@intrinsic
+def transpose_tile(typingctx, src, lds, dst, ldd, acc, tag):
+    """``dst[i*ldd + j] (+)= src[j*lds + i]`` for ``i, j < lanes``: one square tile of vector
+    registers transposed by shuffles (no element-wise loads or stores). Addresses and strides
+    as for :data:`microkernel` (int64, strides in elements); ``acc != 0`` adds into ``dst``;
+    ``tag``'s dtype selects float32 or float64 code."""
+    real, item = _real(tag)
+    if real is None:
+        return None
+    return types.void(*([types.int64] * 5), tag), _transpose_codegen(real, lanes(item))

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from cnnmm import kernels
 from cnnmm import reference as ref
-from cnnmm.kernels import direct, drivers, im2col, klanes, wide
+from cnnmm.kernels import direct, drivers, im2col, klanes, ukernel, wide
 from cnnmm.spec import ConvSpec
 
 TOL = {np.float64: 1e-12, np.float32: 1e-5}
@@ -332,6 +332,35 @@ def test_adjoint():
             a, b, c = np.vdot(fwd, yb), np.vdot(x, bd), np.vdot(w, bw)
             scale = np.abs(fwd).sum() * np.abs(yb).max()
             assert abs(a - b) <= 1e-13 * scale and abs(a - c) <= 1e-13 * scale, (case, config)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_transposes_exact(dtype):
+    """klanes' filter transposition and result store: tiles in registers plus ragged edges,
+    over thread-like channel ranges that start off a tile boundary; a pure copy, so exact."""
+    rng = np.random.default_rng(13)
+    lanes = ukernel.lanes(np.dtype(dtype).itemsize)
+    for K, kred in ((2 * lanes + 3, 3 * lanes + 5), (lanes, lanes), (5, 7)):
+        wm = rng.standard_normal(K * kred).astype(dtype)
+        Kp = K + 3
+        wt = np.full(kred * Kp, 7, dtype)
+        for k0, k1 in ((0, 1), (1, K // 2 + 1), (K // 2 + 1, K)):
+            klanes.transpose_filter(k0, k1, wm, kred, wt, Kp)
+        got = wt.reshape(kred, Kp)
+        np.testing.assert_array_equal(got[:, :K], wm.reshape(K, kred).T)
+        assert np.all(got[:, K:] == 7)
+    N, K, P, Q, rows, p0, n0, nb = 3, 2 * lanes + 5, 7, lanes + 3, 4, 2, 1, 2
+    Kp = K + 1
+    res = rng.standard_normal(nb * rows * Q * Kp).astype(dtype)
+    want = np.zeros((N, K, P, Q), dtype)
+    want[n0:n0 + nb, :, p0:p0 + rows] = res.reshape(nb, rows, Q, Kp)[..., :K].transpose(0, 3, 1, 2)
+    for accumulate in (0, 1):
+        out = np.zeros((N, K, P, Q), dtype)
+        if accumulate:
+            out += 1
+        for k0, k1 in ((0, 3), (3, K)):
+            klanes.store(k0, k1, res, Kp, out.reshape(-1), K, P, Q, n0, nb, p0, rows, accumulate)
+        np.testing.assert_array_equal(out, want + accumulate)
 
 
 def test_dtype_preserved_and_int_params():

@@ -4,14 +4,14 @@ Stride-1 backward-data is a forward convolution of ``dy`` with the flipped, tran
 (no scatter-add); other strides use a GEMM to columns followed by a scatter-add.
 
 Memory, direct kernels (filters wider than 1x1: forward, stride-1 backward-data, and
-backward-weight on large enough images; :mod:`.direct`): one source block (the input rows a
-block reads, phase-split, or its im2col columns on small images) plus one block result or
-transposed ``dy`` block, together about ``direct.BLOCK_BYTES`` (1 MiB) unless one output row
-or ``direct.MIN_COLS`` columns need more; backward-weight adds ``R*S*C*K`` accumulators (C
-and K rounded up to the tile) and backward-data a flipped copy of the filter. A forward that
-goes to :mod:`.klanes` (output channels in the vector lanes) holds a transposed copy of the
-filter (K rounded up to whole vector tiles) and blocks of about ``klanes.BLOCK_BYTES``
-(1 MiB: a zero-padded input copy plus the ``pixels x K`` result).
+backward-weight with 16 to 128 channels on large enough images; :mod:`.direct`): one source
+block (the input rows a block reads, phase-split, or its im2col columns on small images) plus
+one block result or transposed ``dy`` block, together about ``direct.BLOCK_BYTES`` (1 MiB)
+unless one output row or ``direct.MIN_COLS`` columns need more; backward-weight adds
+``R*S*C*K`` accumulators (C and K rounded up to the tile) and backward-data a flipped copy of
+the filter. A forward that goes to :mod:`.klanes` (output channels in the vector lanes) holds a
+transposed copy of the filter (K rounded up to whole vector tiles) and blocks of about
+``klanes.BLOCK_BYTES`` (1 MiB: a zero-padded input copy plus the ``pixels x K`` result).
 
 Memory, packing + BLAS (the other cases). Work goes in blocks whose packed column matrix has about
 ``T = min(max(B, 256*C*R*S), max(B, 2**21))`` elements (``B = drivers.BLOCK_ELEMS = 2**18``,
@@ -78,7 +78,9 @@ def conv2d_forward(x, w, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), o
     result block of about 1 MiB together (direct kernels), plus a transposed copy of the filter
     where the output-channel-lanes kernel runs. 1x1: a packed column block of about
     ``T`` elements and a GEMM result of ``K/(C*R*S)`` times that; a stride-1, unpadded 1x1
-    layer packs nothing.
+    layer packs nothing on images of ``drivers.WIDE_MIN_PIXELS`` pixels or more, and on
+    smaller ones copies the input into one pixel-major matrix (an input-sized and an
+    output-sized temporary).
     """
     sh, sw = chk.pair("stride", stride, 1)
     dh, dw = chk.pair("dilation", dilation, 1)
@@ -173,9 +175,9 @@ def conv2d_backward_weight(x, dy, filter_rs, stride=(1, 1), padding=(0, 0, 0, 0)
 
     Notes
     -----
-    Direct kernel (filters wider than 1x1 on images where :func:`.drivers.use_direct_weight`
-    holds): the block's phase-split input rows and transposed ``dy`` (about 1 MiB together)
-    and ``R*S*C*K`` accumulators. Otherwise: a column block of about ``T`` elements with
+    Direct kernel (where :func:`.drivers.use_direct_weight` holds: filters wider than 1x1, 16
+    to 128 input channels, images large enough): the block's phase-split input rows and
+    transposed ``dy`` (about 1 MiB together) and ``R*S*C*K`` accumulators. Otherwise: a column block of about ``T`` elements with
     ``B = 2**20`` (module docstring), a widened or transposed copy of the block of ``dy``
     (``K/(C*R*S)`` of that), the block's input slab, and one ``K*C*R*S`` partial product per
     block after the first (every block when accumulating).

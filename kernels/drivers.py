@@ -153,17 +153,26 @@ def use_klanes(x_shape, K, P, Q, R, S, sh, sw, dh, dw, top, left, itemsize):
     return klanes.cost(x_shape, K, P, Q, R, S, sh, sw, dh, dw, top, left, itemsize) < KLANES_MARGIN * theirs
 
 
-#: Backward-weight goes direct when at least this fraction of the slab's columns are pixels.
+#: Backward-weight goes direct when at least this fraction of the slab's columns are pixels ...
 DIRECT_WEIGHT_MIN_EFFICIENCY = 0.75
+#: ... and the input channels are in this range (inclusive).
+DIRECT_WEIGHT_CHANNELS = (16, 128)
 
 
-def use_direct_weight(P, Q, R, S, sh, sw, dh, dw):
+def use_direct_weight(C, P, Q, R, S, sh, sw, dh, dw):
     """Whether backward-weight goes to :func:`.direct.backward_weight`: filters wider than
     1x1 on images large enough that the slab's junk rows and columns (``(dh*(R-1))//sh`` and
-    ``(dw*(S-1))//sw`` per image) waste little. On 7x7 images (60% pixels) packing + BLAS
-    measured twice as fast; on 28x28 and larger the direct kernel 1.2-1.8x faster."""
+    ``(dw*(S-1))//sw`` per image) waste little, with ``C`` in ``DIRECT_WEIGHT_CHANNELS``.
+
+    Measured (one thread, batch 8, alternating; direct's speed over packing + BLAS), float32
+    / float64: on 7x7 images (60% pixels) 0.44 / 0.38; ResNet-50 C = 64 on 56x56 1.5-1.6 /
+    1.5, C = 128 1.0-1.15 / 0.9-1.0, C = 256 0.86-0.93 / 0.78-0.82, C = 512 0.46 / 0.42;
+    VGG-16 C = 64-128 1.0-1.7 / 1.1-1.7, C = 256-512 0.65-1.06 / 0.62-0.85; C = 3 (a tile
+    of ``MR_W`` channels half empty) 0.75-0.84 / 1.0."""
     eh, ew = (dh * (R - 1)) // sh, (dw * (S - 1)) // sw
-    return R * S > 1 and P * Q >= DIRECT_WEIGHT_MIN_EFFICIENCY * (P + eh) * (Q + ew)
+    lo, hi = DIRECT_WEIGHT_CHANNELS
+    return (R * S > 1 and lo <= C <= hi
+            and P * Q >= DIRECT_WEIGHT_MIN_EFFICIENCY * (P + eh) * (Q + ew))
 
 
 def forward(x, w, P, Q, sh, sw, dh, dw, top, left, out, accumulate):
@@ -185,14 +194,7 @@ def forward(x, w, P, Q, sh, sw, dh, dw, top, left, out, accumulate):
     crs = C * R * S
     wm = w.reshape(K, crs)
     if R == S == 1 and sh == sw == 1 and top == left == 0 and P == H and Q == W:
-        # Pointwise: the input already is the column matrix.
-        xm, om = x.reshape(N, C, H * W), out.reshape(N, K, P * Q)
-        for n0, n1, p0, p1 in blocks(N, P, Q, crs, BLOCK_ELEMS):
-            j0, j1 = p0 * Q, p1 * Q
-            if accumulate:
-                om[n0:n1, :, j0:j1] += np.matmul(wm, xm[n0:n1, :, j0:j1])
-            else:
-                np.matmul(wm, xm[n0:n1, :, j0:j1], out=om[n0:n1, :, j0:j1])
+        pointwise(x.reshape(N, C, H * W), wm, out.reshape(N, K, P * Q), accumulate)
     elif use_wide(P, Q):
         g = Wide(C, K, P, Q, R, S, sh, sw, dh, dw, x.dtype, BLOCK_ELEMS)
         for n in range(N):
@@ -218,6 +220,26 @@ def forward(x, w, P, Q, sh, sw, dh, dw, top, left, out, accumulate):
             else:
                 res = (wm @ cols).reshape(K, nb, P * Q).transpose(1, 0, 2)
                 _store(out[n0:n1].reshape(nb, K, P * Q), res, accumulate)
+
+
+def pointwise(xm, wm, om, accumulate):
+    """``om[n] (+)= wm @ xm[n]`` for the (N, C, pixels) input ``xm``, the (K, C) filter and
+    the (N, K, pixels) output ``om``: a 1x1 stride-1 layer, whose input already is the
+    column matrix. One GEMM per image on images with ``WIDE_MIN_PIXELS`` pixels or more;
+    smaller images are first copied into one (C, N*pixels) matrix, so that a single GEMM
+    spans them all (an input-sized and an output-sized temporary). Measured against a GEMM
+    per image (one thread, batch 8): 7x7 images 1.2-1.3x float32, 1.4-2x float64; 14x14
+    0.9x float32, 1.1x float64. (GEMMs over bands of output rows, as the other paths use,
+    ran 0.85-0.95x of whole images on ResNet-50's 1x1 layers.)"""
+    N, K = om.shape[0], om.shape[1]
+    if xm.shape[2] < WIDE_MIN_PIXELS:
+        gathered = np.ascontiguousarray(xm.transpose(1, 0, 2)).reshape(xm.shape[1], -1)
+        _store(om, (wm @ gathered).reshape(K, N, -1).transpose(1, 0, 2), accumulate)
+    elif accumulate:
+        for n in range(N):
+            om[n] += wm @ xm[n]
+    else:
+        np.matmul(wm, xm, out=om)
 
 
 def backward_data(dy, w, H, W, sh, sw, dh, dw, top, left, dx, accumulate):
@@ -268,7 +290,7 @@ def backward_weight(x, dy, R, S, sh, sw, dh, dw, top, left, dwt, accumulate):
     """``dwt (+)= sum over pixels of dy x cols`` (dwt is (K, C, R, S))."""
     N, C, H, W = x.shape
     _, K, P, Q = dy.shape
-    if use_direct_weight(P, Q, R, S, sh, sw, dh, dw):
+    if use_direct_weight(C, P, Q, R, S, sh, sw, dh, dw):
         direct.backward_weight(x, dy, R, S, sh, sw, dh, dw, top, left, dwt, accumulate)
         return
     fresh = not accumulate

@@ -4,7 +4,7 @@ Stride-1 backward-data is a forward convolution of ``dy`` with the flipped, tran
 (no scatter-add); other strides use a GEMM to columns followed by a scatter-add.
 
 Memory, direct kernels (filters wider than 1x1: forward, stride-1 backward-data, and
-backward-weight with 16 to 128 channels on large enough images; :mod:`.direct`): one source
+backward-weight on large enough images with enough channels; :mod:`.direct`): one source
 block (the input rows a block reads, phase-split, or its im2col columns on small images) plus
 one block result or transposed ``dy`` block, together about ``direct.BLOCK_BYTES`` (1 MiB)
 unless one output row or ``direct.MIN_COLS`` columns need more; backward-weight adds
@@ -175,8 +175,8 @@ def conv2d_backward_weight(x, dy, filter_rs, stride=(1, 1), padding=(0, 0, 0, 0)
 
     Notes
     -----
-    Direct kernel (where :func:`.drivers.use_direct_weight` holds: filters wider than 1x1, 16
-    to 128 input channels, images large enough): the block's phase-split input rows and
+    Direct kernel (where :func:`.drivers.use_direct_weight` holds: filters wider than 1x1, at
+    least 16 input channels, at most 1 KiB of output channels, images large enough): the block's phase-split input rows and
     transposed ``dy`` (about 1 MiB together) and ``R*S*C*K`` accumulators. Otherwise: a column block of about ``T`` elements with
     ``B = 2**20`` (module docstring), a widened or transposed copy of the block of ``dy``
     (``K/(C*R*S)`` of that), the block's input slab, and one ``K*C*R*S`` partial product per

@@ -484,27 +484,27 @@ def _phase_taps(i0, top, stride, dil, R):
 
 
 @njit(cache=True, nogil=True)
-def pack_dyt(r0, r1, dy, n0, p0, rows, img_pitch, row_pitch, dyt, Kp):
+def pack_dyt(r0, r1, dy, n0, p0, rows, img_pitch, row_pitch, dyt, ldy):
     """Rows ``r0:r1`` (of ``nb*rows`` image rows) of the block's ``dy`` transposed into slab
-    columns: ``dyt[(i*img_pitch + p*row_pitch + q)*Kp + k] = dy[n0+i, k, p0+p, q]``. Junk
+    columns: ``dyt[(i*img_pitch + p*row_pitch + q)*ldy + k] = dy[n0+i, k, p0+p, q]``. Junk
     columns and padding channels ``k >= K`` are left as they are (zero)."""
     K, P, Q = dy.shape[1], dy.shape[2], dy.shape[3]
     dyf = dy.reshape(-1)
     for r in range(r0, r1):
         i, p = r // rows, r % rows
         src = ((n0 + i) * K * P + p0 + p) * Q
-        dst = (i * img_pitch + p * row_pitch) * Kp
+        dst = (i * img_pitch + p * row_pitch) * ldy
         for k in range(K):
             for q in range(Q):
-                dyt[dst + q * Kp + k] = dyf[src + k * P * Q + q]
+                dyt[dst + q * ldy + k] = dyf[src + k * P * Q + q]
 
 
 @njit(cache=True, nogil=True)
-def weight_tiles(i0, i1, slab, L, taps, ctiles, dyt, Kp, ncol, jsteps, dwt):
-    """``dwt[(rs*Cp + c)*Kp + k] += sum_j slab[c*L + taps[rs] + j] * dyt[j*Kp + k]`` over the
+def weight_tiles(i0, i1, slab, L, taps, ctiles, dyt, ldy, Kp, ncol, jsteps, dwt):
+    """``dwt[(rs*Cp + c)*Kp + k] += sum_j slab[c*L + taps[rs] + j] * dyt[j*ldy + k]`` over the
     block's ``ncol`` columns, for the (tap, channel tile) items ``i0:i1`` (item ``rs*ctiles +
     ct`` is channels ``ct*MR_W`` onwards of tap ``rs``; ``Cp = ctiles*MR_W``). ``jsteps`` is
-    ``arange(chunk)*Kp``. A tile's accumulators stay in registers for ``chunk`` pixels and in
+    ``arange(chunk)*ldy``. A tile's accumulators stay in registers for ``chunk`` pixels and in
     L1 between chunks; ``dyt``'s column panel and the slab rows stream from L2."""
     item = slab.itemsize
     nrw = NV_W * (VBYTES // item)
@@ -515,7 +515,7 @@ def weight_tiles(i0, i1, slab, L, taps, ctiles, dyt, Kp, ncol, jsteps, dwt):
     tag = np.empty(0, slab.dtype)
     for kt in range(0, Kp, nrw):
         for j0 in range(0, ncol, chunk):
-            b_addr = y0 + (j0 * Kp + kt) * item
+            b_addr = y0 + (j0 * ldy + kt) * item
             for it in range(i0, i1):
                 rs, ct = it // ctiles, it % ctiles
                 a_addr = s0 + (ct * MR_W * L + taps[rs] + j0) * item
@@ -549,18 +549,21 @@ def backward_weight(x, dy, R, S, sh, sw, dh, dw, top, left, dwt, accumulate):
     if N and P and Q and C and K:
         plan = Plan(x.shape, Kp, P, Q, R, S, sh, sw, dh, dw, item, SLAB)
         src = dyt = None
-        jsteps = np.arange(WEIGHT_CHUNK, dtype=np.int64) * Kp
+        # dy's rows at a pitch of an odd number of cache lines: at Kp = 256 or 512 (1-2 KiB)
+        # a chunk's rows would share a quarter or an eighth of L1's sets.
+        ldy = _odd_lines(Kp, item)
+        jsteps = np.arange(WEIGHT_CHUNK, dtype=np.int64) * ldy
         for blk in plan.blocks:
             n0, _, p0, _ = blk
             nb, rows, img_pitch, ncol = plan.columns(blk)
             if src is None:  # the first block is the largest
                 # Channel tiles past C read up to MR_W rows past the slab: zeros.
                 src = np.zeros(plan.slab_elems(_odd_lines(nb * img_pitch, item), MR_W), x.dtype)
-                dyt = np.zeros(ncol * Kp, x.dtype)
+                dyt = np.zeros(ncol * ldy, x.dtype)
             L, koff = plan.pack_slab(x, blk, src, top, left)
             taps = koff[:RS]  # channel 0's taps: channel c adds c*L
-            threads.run_range(pack_dyt, nb * rows, dy, n0, p0, rows, img_pitch, plan.Wph, dyt, Kp)
-            threads.run_range(weight_tiles, RS * ctiles, src, L, taps, ctiles, dyt, Kp, ncol,
+            threads.run_range(pack_dyt, nb * rows, dy, n0, p0, rows, img_pitch, plan.Wph, dyt, ldy)
+            threads.run_range(weight_tiles, RS * ctiles, src, L, taps, ctiles, dyt, ldy, Kp, ncol,
                               jsteps, acc_w)
     res = acc_w.reshape(R, S, Cp, Kp)[:, :, :C, :K].transpose(3, 2, 0, 1)
     if accumulate:

@@ -153,25 +153,27 @@ def use_klanes(x_shape, K, P, Q, R, S, sh, sw, dh, dw, top, left, itemsize):
     return klanes.cost(x_shape, K, P, Q, R, S, sh, sw, dh, dw, top, left, itemsize) < KLANES_MARGIN * theirs
 
 
-#: Backward-weight goes direct when at least this fraction of the slab's columns are pixels ...
+#: Backward-weight goes direct when at least this fraction of the slab's columns are pixels,
 DIRECT_WEIGHT_MIN_EFFICIENCY = 0.75
-#: ... and the input channels are in this range (inclusive).
-DIRECT_WEIGHT_CHANNELS = (16, 128)
+#: with at least this many input channels (a tile holds ``MR_W`` of them) ...
+DIRECT_WEIGHT_MIN_CHANNELS = 16
+#: ... and ``K * itemsize`` (a row of the transposed ``dy``) at most this many bytes.
+DIRECT_WEIGHT_MAX_ROW_BYTES = 1024
 
 
-def use_direct_weight(C, P, Q, R, S, sh, sw, dh, dw):
-    """Whether backward-weight goes to :func:`.direct.backward_weight`: filters wider than
-    1x1 on images large enough that the slab's junk rows and columns (``(dh*(R-1))//sh`` and
-    ``(dw*(S-1))//sw`` per image) waste little, with ``C`` in ``DIRECT_WEIGHT_CHANNELS``.
+def use_direct_weight(C, K, P, Q, R, S, sh, sw, dh, dw, itemsize):
+    """Whether backward-weight goes to :func:`.direct.backward_weight`: filters wider than 1x1
+    on images large enough that the slab's junk rows and columns (``(dh*(R-1))//sh`` and
+    ``(dw*(S-1))//sw`` per image) waste little, ``C >= DIRECT_WEIGHT_MIN_CHANNELS`` and
+    ``K*itemsize <= DIRECT_WEIGHT_MAX_ROW_BYTES``.
 
-    Measured (one thread, batch 8, alternating; direct's speed over packing + BLAS), float32
-    / float64: on 7x7 images (60% pixels) 0.44 / 0.38; ResNet-50 C = 64 on 56x56 1.5-1.6 /
-    1.5, C = 128 1.0-1.15 / 0.9-1.0, C = 256 0.86-0.93 / 0.78-0.82, C = 512 0.46 / 0.42;
-    VGG-16 C = 64-128 1.0-1.7 / 1.1-1.7, C = 256-512 0.65-1.06 / 0.62-0.85; C = 3 (a tile
-    of ``MR_W`` channels half empty) 0.75-0.84 / 1.0."""
+    Measured (one thread, batch 8, alternating; direct's speed over packing + BLAS) on
+    ResNet-50's and VGG-16's 3x3 layers, float32: K = 64-128 1.2-1.8, K = 256 0.94-1.11 (C = 256
+    1.02-1.11), K = 512 0.82-0.94 on 14x14 to 28x28 images; float64: K = 64-128 1.03-1.7,
+    K = 256 0.82-0.88, K = 512 0.61-0.69; on 7x7 images (60% pixels) 0.4-0.46; conv1 (C = 3,
+    so a tile of ``MR_W`` channels half empty) 0.84-1.1."""
     eh, ew = (dh * (R - 1)) // sh, (dw * (S - 1)) // sw
-    lo, hi = DIRECT_WEIGHT_CHANNELS
-    return (R * S > 1 and lo <= C <= hi
+    return (R * S > 1 and C >= DIRECT_WEIGHT_MIN_CHANNELS and K * itemsize <= DIRECT_WEIGHT_MAX_ROW_BYTES
             and P * Q >= DIRECT_WEIGHT_MIN_EFFICIENCY * (P + eh) * (Q + ew))
 
 
@@ -290,7 +292,7 @@ def backward_weight(x, dy, R, S, sh, sw, dh, dw, top, left, dwt, accumulate):
     """``dwt (+)= sum over pixels of dy x cols`` (dwt is (K, C, R, S))."""
     N, C, H, W = x.shape
     _, K, P, Q = dy.shape
-    if use_direct_weight(C, P, Q, R, S, sh, sw, dh, dw):
+    if use_direct_weight(C, K, P, Q, R, S, sh, sw, dh, dw, x.dtype.itemsize):
         direct.backward_weight(x, dy, R, S, sh, sw, dh, dw, top, left, dwt, accumulate)
         return
     fresh = not accumulate

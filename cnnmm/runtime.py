@@ -144,7 +144,9 @@ def warm_kernels(comm, dtypes):
 
     Ranks on one node take turns: the node's first rank compiles and writes the cache, the
     others wait at a barrier and then only load it, so no two ranks compile the same kernel at
-    once or race on a cache file. Collective over ``comm``; a no-op after the first call.
+    once or race on a cache file. Collective over ``comm``; a no-op after the first call. A
+    failure on any rank raises on every rank (its own error where it happened, RuntimeError
+    elsewhere) instead of leaving the others waiting.
     """
     from mpi4py import MPI
 
@@ -155,19 +157,33 @@ def warm_kernels(comm, dtypes):
     if comm.allreduce(len(todo), op=MPI.MAX) == 0:
         return
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    error = None
     try:
         if node.Get_rank() == 0 and todo:
-            kernels.warmup(todo)
+            error = _attempt(kernels.warmup, todo)
         _sleeping_barrier(node)
         if node.Get_rank() != 0 and todo:
-            kernels.warmup(todo)
+            error = _attempt(kernels.warmup, todo)
     finally:
         node.Free()
+    if comm.allreduce(error is not None, op=MPI.LOR):
+        if error is not None:
+            raise error
+        raise RuntimeError("node-kernel warm-up failed on another rank (its error is in its output)")
     _warmed.update(todo)
     now = time.perf_counter()
     _startup["warmup_s"] += now - t0
     if _startup["ready_at"] is None:
         _startup["ready_at"] = now
+
+
+def _attempt(fn, *args):
+    """``fn(*args)``; the exception it raised, or None (to re-raise after a collective)."""
+    try:
+        fn(*args)
+    except Exception as exc:  # noqa: BLE001 - handed back to the caller, which raises it
+        return exc
+    return None
 
 
 def _sleeping_barrier(comm, interval=0.005):

@@ -62,3 +62,21 @@ def test_wrong_local_block(comm):
 
 def test_non_positive_size(comm):
     raises_everywhere(comm, LayerError, "N=0", lambda: ConvSpec.parse("N=0,C=2,K=2,H=4,W=4,R=1,S=1"))
+
+
+def test_warm_up_failure_raises_on_every_rank(comm, monkeypatch):
+    """A kernel warm-up that fails on one rank (a broken cache, a compiler error) raises on
+    every rank instead of leaving the others at the node barrier."""
+    from cnnmm import kernels, runtime
+
+    def broken(dtypes):
+        if comm.rank == 0:
+            raise OSError("injected warm-up failure")
+        real(dtypes)
+
+    real = kernels.warmup
+    monkeypatch.setattr(runtime, "_warmed", set())
+    monkeypatch.setattr(kernels, "warmup", broken)
+    expected = (OSError, "injected") if comm.rank == 0 else (RuntimeError, "failed on another rank")
+    with pytest.raises(expected[0], match=expected[1]):
+        runtime.warm_kernels(comm, ["float64"])

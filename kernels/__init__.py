@@ -1,11 +1,11 @@
 """Node-level conv2d kernels (forward, backward-data, backward-weight) for one rank.
 
 Filters wider than 1x1 run a direct convolution on an LLVM-IR register-tiled micro-kernel
-(:mod:`.direct`, :mod:`.ukernel`; forward also :mod:`.klanes`, with output channels in the
-vector lanes, where its cost estimate is clearly lower); 1x1 layers, strided backward-data and backward-weight on
-small images pack with Numba (im2col / col2im scatter-add) and multiply with numpy's BLAS
-(:mod:`.drivers`). No MPI here. Padding is
-``(top, bottom, left, right)`` and may be asymmetric; any of N, C, K, H, W, P, Q may be 0.
+(:mod:`.direct`, :mod:`.ukernel`; the forward pass also :mod:`.klanes`, output channels in the
+vector lanes, where its cost estimate is lower); 1x1 layers, strided backward-data and the
+other backward-weights pack with Numba (im2col / col2im scatter-add) and multiply with numpy's
+BLAS (:mod:`.drivers`). No MPI here. Padding is ``(top, bottom, left, right)`` and may be
+asymmetric; any of N, C, K, H, W, P, Q may be 0.
 Nothing compiles at import time: call :func:`warmup` once (it loads Numba's on-disk cache
 when present) so later calls never compile.
 """

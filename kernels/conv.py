@@ -176,8 +176,9 @@ def conv2d_backward_weight(x, dy, filter_rs, stride=(1, 1), padding=(0, 0, 0, 0)
     Notes
     -----
     Direct kernel (where :func:`.drivers.use_direct_weight` holds: filters wider than 1x1, at
-    least 16 input channels, at most 1 KiB of output channels, images large enough): the block's phase-split input rows and
-    transposed ``dy`` (about 1 MiB together) and ``R*S*C*K`` accumulators. Otherwise: a column block of about ``T`` elements with
+    least 16 input channels, at most 1 KiB of output channels, images large enough): the
+    block's phase-split input rows and transposed ``dy`` (about 1 MiB together) and
+    ``R*S*C*K`` accumulators. Otherwise: a column block of about ``T`` elements with
     ``B = 2**20`` (module docstring), a widened or transposed copy of the block of ``dy``
     (``K/(C*R*S)`` of that), the block's input slab, and one ``K*C*R*S`` partial product per
     block after the first (every block when accumulating).

@@ -144,15 +144,18 @@ def use_direct(R, S):
 KLANES_MARGIN = 1.0
 
 
-def use_klanes(x_shape, K, P, Q, R, S, sh, sw, dh, dw, top, left, itemsize):
+def use_klanes(x_shape, K, P, Q, R, S, sh, sw, dh, dw, top, left, itemsize, plan):
     """Whether a forward convolution wider than 1x1 goes to :mod:`.klanes` (output channels
-    in the vector lanes) rather than :func:`.direct.forward` (``klanes.FORCE`` overrides)."""
+    in the vector lanes) rather than :func:`.direct.forward`, whose :class:`.direct.Plan` for
+    the layer is ``plan`` (``klanes.FORCE`` overrides)."""
     if klanes.FORCE is not None:
         return bool(klanes.FORCE)
-    theirs = direct.Plan(x_shape, K, P, Q, R, S, sh, sw, dh, dw, itemsize, direct.FORCE_MODE).cost
-    return klanes.cost(x_shape, K, P, Q, R, S, sh, sw, dh, dw, top, left, itemsize) < KLANES_MARGIN * theirs
+    return klanes.cost(x_shape, K, P, Q, R, S, sh, sw, dh, dw, top, left, itemsize) < KLANES_MARGIN * plan.cost
 
 
+#: True or False sends every backward-weight wider than 1x1 to (or away from) the direct
+#: kernel (tests); None: :func:`use_direct_weight`'s rule.
+FORCE_DIRECT_WEIGHT = None
 #: Backward-weight goes direct when at least this fraction of the slab's columns are pixels,
 DIRECT_WEIGHT_MIN_EFFICIENCY = 0.75
 #: with at least this many input channels (a tile holds ``MR_W`` of them) ...
@@ -172,6 +175,8 @@ def use_direct_weight(C, K, P, Q, R, S, sh, sw, dh, dw, itemsize):
     1.02-1.11), K = 512 0.82-0.94 on 14x14 to 28x28 images; float64: K = 64-128 1.03-1.7,
     K = 256 0.82-0.88, K = 512 0.61-0.69; on 7x7 images (60% pixels) 0.4-0.46; conv1 (C = 3,
     so a tile of ``MR_W`` channels half empty) 0.84-1.1."""
+    if FORCE_DIRECT_WEIGHT is not None:
+        return R * S > 1 and bool(FORCE_DIRECT_WEIGHT)
     eh, ew = (dh * (R - 1)) // sh, (dw * (S - 1)) // sw
     return (R * S > 1 and C >= DIRECT_WEIGHT_MIN_CHANNELS and K * itemsize <= DIRECT_WEIGHT_MAX_ROW_BYTES
             and P * Q >= DIRECT_WEIGHT_MIN_EFFICIENCY * (P + eh) * (Q + ew))
@@ -188,10 +193,12 @@ def forward(x, w, P, Q, sh, sw, dh, dw, top, left, out, accumulate):
             out.fill(0)
         return
     if use_direct(R, S):
-        if use_klanes(x.shape, K, P, Q, R, S, sh, sw, dh, dw, top, left, x.dtype.itemsize):
+        item = x.dtype.itemsize
+        plan = direct.Plan(x.shape, K, P, Q, R, S, sh, sw, dh, dw, item, direct.FORCE_MODE)
+        if use_klanes(x.shape, K, P, Q, R, S, sh, sw, dh, dw, top, left, item, plan):
             klanes.forward(x, w, P, Q, sh, sw, dh, dw, top, left, out, accumulate)
         else:
-            direct.forward(x, w, P, Q, sh, sw, dh, dw, top, left, out, accumulate)
+            direct.forward(x, w, P, Q, sh, sw, dh, dw, top, left, out, accumulate, plan=plan)
         return
     crs = C * R * S
     wm = w.reshape(K, crs)

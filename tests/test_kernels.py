@@ -37,14 +37,11 @@ CONFIGS = {
                     (drivers, "MIN_COLS"): 1, (drivers, "MAX_BLOCK_ELEMS"): 1,
                     (drivers, "WIDE_MIN_PIXELS"): 0, (direct, "BLOCK_BYTES"): 1,
                     (direct, "MIN_COLS"): 1, (direct, "CHUNK"): 16, (direct, "FORCE_MODE"): "cols",
-                    (direct, "WEIGHT_CHUNK"): 16, (drivers, "DIRECT_WEIGHT_MIN_EFFICIENCY"): 0,
-                    (drivers, "DIRECT_WEIGHT_MIN_CHANNELS"): 0,
-                    (drivers, "DIRECT_WEIGHT_MAX_ROW_BYTES"): 10**9, (klanes, "FORCE"): False},
+                    (direct, "WEIGHT_CHUNK"): 16, (drivers, "FORCE_DIRECT_WEIGHT"): True,
+                    (klanes, "FORCE"): False},
     "no-wide": {(drivers, "BLOCK_ELEMS"): 64, (drivers, "MIN_COLS"): 1, (drivers, "MAX_BLOCK_ELEMS"): 64,
                 (drivers, "WIDE_MIN_PIXELS"): 10**9, (direct, "FORCE_MODE"): "slab",
-                (drivers, "DIRECT_WEIGHT_MIN_EFFICIENCY"): 0, (drivers, "DIRECT_WEIGHT_MIN_CHANNELS"): 0,
-                (drivers, "DIRECT_WEIGHT_MAX_ROW_BYTES"): 10**9,
-                (klanes, "FORCE"): False},
+                (drivers, "FORCE_DIRECT_WEIGHT"): True, (klanes, "FORCE"): False},
     "k-lanes": {(klanes, "FORCE"): True},
     "k-lanes-tiny": {(klanes, "FORCE"): True, (klanes, "BLOCK_BYTES"): 1, (klanes, "CHUNK"): 16},
 }
@@ -302,9 +299,7 @@ def test_narrow_vector_tile(tmp_path):
 import numpy as np, test_kernels as t
 from cnnmm.kernels import direct, drivers, klanes, ukernel
 assert (ukernel.VBYTES, ukernel.MR, ukernel.NV) == (32, 4, 3)
-drivers.DIRECT_WEIGHT_MIN_EFFICIENCY = 0
-drivers.DIRECT_WEIGHT_MIN_CHANNELS = 0
-drivers.DIRECT_WEIGHT_MAX_ROW_BYTES = 10**9
+drivers.FORCE_DIRECT_WEIGHT = True
 rng = np.random.default_rng(8)
 for mode in ("slab", "cols", "klanes"):
     klanes.FORCE = mode == "klanes"

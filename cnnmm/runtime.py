@@ -142,11 +142,12 @@ _warmed = set()
 def warm_kernels(comm, dtypes):
     """Compile (or load from Numba's on-disk cache) the node kernels for ``dtypes``.
 
-    Ranks on one node take turns: the node's first rank compiles and writes the cache, the
-    others wait at a barrier and then only load it, so no two ranks compile the same kernel at
-    once or race on a cache file. Collective over ``comm``; a no-op after the first call. A
-    failure on any rank raises on every rank (its own error where it happened, RuntimeError
-    elsewhere) instead of leaving the others waiting.
+    When the cache holds every kernel, all ranks load it at once (:func:`.kernels.load_cached`
+    only reads). Otherwise ranks on one node take turns: the node's first rank compiles and
+    writes the cache, the others wait at a barrier and then only load it, so no two ranks
+    compile the same kernel at once or race on a cache file. Collective over ``comm``; a
+    no-op after the first call. A failure on any rank raises on every rank (its own error
+    where it happened, RuntimeError elsewhere) instead of leaving the others waiting.
     """
     from mpi4py import MPI
 
@@ -155,6 +156,13 @@ def warm_kernels(comm, dtypes):
     t0 = time.perf_counter()
     todo = tuple(sorted(set(dtypes) - _warmed))
     if comm.allreduce(len(todo), op=MPI.MAX) == 0:
+        return
+    try:
+        loaded = kernels.load_cached(todo)
+    except Exception:  # noqa: BLE001 - the turn-taking path below raises it on every rank
+        loaded = False
+    if comm.allreduce(loaded, op=MPI.LAND):
+        _ready(todo, t0)
         return
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)
     error = None
@@ -170,7 +178,11 @@ def warm_kernels(comm, dtypes):
         if error is not None:
             raise error
         raise RuntimeError("node-kernel warm-up failed on another rank (its error is in its output)")
-    _warmed.update(todo)
+    _ready(todo, t0)
+
+
+def _ready(dtypes, t0):
+    _warmed.update(dtypes)
     now = time.perf_counter()
     _startup["warmup_s"] += now - t0
     if _startup["ready_at"] is None:

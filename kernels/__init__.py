@@ -7,9 +7,10 @@ other backward-weights pack with Numba (im2col / col2im scatter-add) and multipl
 BLAS (:mod:`.drivers`). No MPI here. Padding is ``(top, bottom, left, right)`` and may be
 asymmetric; any of N, C, K, H, W, P, Q may be 0.
 Nothing compiles at import time: call :func:`warmup` once (it loads Numba's on-disk cache
-when present) so later calls never compile.
+when present, without Numba's compiler when the cache holds every kernel: :mod:`.fastload`)
+so later calls never compile; :func:`load_cached` only loads.
 """
 
-from .conv import conv2d_backward_data, conv2d_backward_weight, conv2d_forward, warmup
+from .conv import conv2d_backward_data, conv2d_backward_weight, conv2d_forward, load_cached, warmup
 
-__all__ = ["conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight", "warmup"]
+__all__ = ["conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight", "warmup", "load_cached"]

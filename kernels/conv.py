@@ -30,6 +30,7 @@ import numpy as np
 
 from . import _checks as chk
 from . import drivers as drv
+from . import fastload
 from .im2col import col2im, im2col
 from .wide import pack_wide, unpack_wide
 
@@ -203,20 +204,37 @@ def conv2d_backward_weight(x, dy, filter_rs, stride=(1, 1), padding=(0, 0, 0, 0)
     return _finish(work, out, accumulate)
 
 
+def load_cached(dtypes=("float32", "float64")):
+    """Install the kernels for ``dtypes`` from Numba's on-disk cache without compiling
+    (:func:`.fastload.load`); True when every one was there. Only reads files, so any number
+    of processes may call it at once. False leaves :func:`warmup` to compile."""
+    return all([fastload.load(_dtype(name)) for name in dtypes])
+
+
+def _dtype(name):
+    try:
+        dtype = np.dtype(name)
+    except TypeError:
+        dtype = None
+    if dtype not in chk.DTYPES:
+        raise ValueError(f"warmup dtype {name!r}: only float32 and float64 are supported")
+    return dtype
+
+
 def warmup(dtypes=("float32", "float64")):
     """Compile (or load from Numba's on-disk cache) every jitted kernel for ``dtypes``.
 
-    Runs each entry point once on tiny arrays, and each Numba kernel directly (so every
-    packing path is covered whatever the drivers' size thresholds), with exactly the argument
-    types the drivers pass. Later calls never compile. Buffers are negligible (< 1000 elements).
+    When the cache holds every entry point, :func:`.fastload.load` installs the cached code
+    without Numba's compiler (milliseconds). Otherwise this runs each entry point once on tiny
+    arrays, and each Numba kernel directly (so every packing path is covered whatever the
+    drivers' size thresholds), with exactly the argument types the drivers pass, which
+    compiles or loads them and writes the cache. Later calls never compile. Buffers are
+    negligible (< 1000 elements).
     """
     for name in dtypes:
-        try:
-            dtype = np.dtype(name)
-        except TypeError:
-            dtype = None
-        if dtype not in chk.DTYPES:
-            raise ValueError(f"warmup dtype {name!r}: only float32 and float64 are supported")
+        dtype = _dtype(name)
+        if fastload.load(dtype):
+            continue
         drv.direct.warmup(dtype)
         drv.klanes.warmup(dtype)
         x = np.ones((2, 2, 5, 5), dtype)

@@ -76,7 +76,23 @@ def test_warm_up_failure_raises_on_every_rank(comm, monkeypatch):
 
     real = kernels.warmup
     monkeypatch.setattr(runtime, "_warmed", set())
+    monkeypatch.setattr(kernels, "load_cached", lambda dtypes: False)  # as with no cache
     monkeypatch.setattr(kernels, "warmup", broken)
     expected = (OSError, "injected") if comm.rank == 0 else (RuntimeError, "failed on another rank")
     with pytest.raises(expected[0], match=expected[1]):
         runtime.warm_kernels(comm, ["float64"])
+
+
+def test_cache_missing_on_one_rank_makes_all_take_turns(comm, monkeypatch):
+    """When one rank cannot load every kernel from the cache, no rank returns early: all take
+    the turn-taking warm-up (the node's first rank compiles, the others then load)."""
+    from cnnmm import kernels, runtime
+
+    calls = []
+    real = kernels.warmup
+    monkeypatch.setattr(runtime, "_warmed", set())
+    monkeypatch.setattr(kernels, "load_cached", lambda dtypes: comm.rank != comm.size - 1)
+    monkeypatch.setattr(kernels, "warmup", lambda dtypes: (calls.append(tuple(dtypes)), real(dtypes)))
+    runtime.warm_kernels(comm, ["float64"])
+    assert calls == [("float64",)]
+    assert comm.allreduce(len(calls)) == comm.size

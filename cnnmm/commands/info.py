@@ -30,7 +30,8 @@ def main(args):
         "numba_threads": numba.get_num_threads(), "numba_threading_layer": numba.config.THREADING_LAYER,
         "cpus": os.cpu_count(), "threads": get_threads(), "blas_library": blas.library(),
         "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                                            "NUMBA_NUM_THREADS", "NUMBA_CACHE_DIR", "CNNMM_FASTLOAD") if k in os.environ},
+                                            "NUMBA_NUM_THREADS", "NUMBA_CACHE_DIR", "CNNMM_FASTLOAD")
+                if k in os.environ},
     }
     if args.json:
         emit(info)

@@ -217,7 +217,7 @@ def _dtype(name):
     except TypeError:
         dtype = None
     if dtype not in chk.DTYPES:
-        raise ValueError(f"warmup dtype {name!r}: only float32 and float64 are supported")
+        raise ValueError(f"kernel dtype {name!r}: only float32 and float64 are supported")
     return dtype
 
 

@@ -26,7 +26,7 @@ import struct
 
 import numpy as np
 
-__all__ = ["ENTRY_POINTS", "enabled", "load"]
+__all__ = ["ENTRY_POINTS", "enabled", "load", "installed"]
 
 #: The jitted functions the drivers call from Python, by module; the others run only inside
 #: these (Numba links callees into their caller's object code).
@@ -68,6 +68,11 @@ def load(dtype):
     # The dispatcher keeps only the types' codes; a type's code lives as long as the type.
     _loaded[dtype] = installs
     return True
+
+
+def installed(dtype):
+    """The dispatchers whose ``dtype`` code :func:`load` installed (empty if it did not)."""
+    return tuple(disp for disp, _, _ in _loaded.get(np.dtype(dtype), ()))
 
 
 def _dispatchers():

@@ -69,7 +69,7 @@ def test_cached_code_runs_every_kernel_path_without_numba_compiler():
 
 def test_empty_cache_loads_nothing(tmp_path):
     out = run_child("from cnnmm import kernels\nfrom cnnmm.kernels import fastload\n"
-                    "print('loaded', kernels.load_cached(['float32']), len(fastload._loaded))",
+                    "print('loaded', kernels.load_cached(['float32']), len(fastload.installed('float32')))",
                     NUMBA_CACHE_DIR=str(tmp_path))
     assert out["loaded"] == "False 0"
 

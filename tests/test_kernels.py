@@ -381,8 +381,7 @@ def test_warmup_then_no_compilation():
     assert set(jitted) == set(fastload._dispatchers())
     # Each entry point is ready for both dtypes: compiled or loaded by Numba (its signatures),
     # or installed from the cache by fastload.
-    installed = {dtype: [disp for disp, _, _ in fastload._loaded.get(np.dtype(dtype), [])]
-                 for dtype in ("float32", "float64")}
+    installed = {dtype: fastload.installed(dtype) for dtype in ("float32", "float64")}
     for f in jitted:
         assert all(f in installed[dt] or any(dt in str(sig) for sig in f.signatures) for dt in installed), f
     before = [len(f.signatures) for f in jitted]

@@ -12,6 +12,9 @@ unless one output row or ``direct.MIN_COLS`` columns need more; backward-weight 
 the filter. A forward that goes to :mod:`.klanes` (output channels in the vector lanes) holds a
 transposed copy of the filter (K rounded up to whole vector tiles) and blocks of about
 ``klanes.BLOCK_BYTES`` (1 MiB: a zero-padded input copy plus the ``pixels x K`` result).
+A 1x1 stride-1 layer that goes to :mod:`.pointwise` holds a packed copy of the filter (K
+rounded up to the tile) and, per kernel thread, one column block's packed input (384 KiB in
+float32); the output is written in place.
 
 Memory, packing + BLAS (the other cases). Work goes in blocks whose packed column matrix has about
 ``T = min(max(B, 256*C*R*S), max(B, 2**21))`` elements (``B = drivers.BLOCK_ELEMS = 2**18``,
@@ -237,6 +240,7 @@ def warmup(dtypes=("float32", "float64")):
             continue
         drv.direct.warmup(dtype)
         drv.klanes.warmup(dtype)
+        drv.pw.warmup(dtype)
         x = np.ones((2, 2, 5, 5), dtype)
         w = np.ones((2, 2, 3, 3), dtype)
         for stride in ((1, 1), (2, 2)):

@@ -1,7 +1,7 @@
 """Block drivers: the choice between the direct kernels of :mod:`.direct` and :mod:`.klanes`
-(filters wider than 1x1; :func:`use_direct`, :func:`use_klanes`, :func:`use_direct_weight`)
-and, for the rest, Numba packing of a block
-of output pixels consumed by one numpy/BLAS GEMM.
+(filters wider than 1x1; :func:`use_direct`, :func:`use_klanes`, :func:`use_direct_weight`),
+the blocked GEMM of :mod:`.pointwise` (some 1x1 stride-1 layers; :func:`.pointwise.use`)
+and, for the rest, Numba packing of a block of output pixels consumed by one numpy/BLAS GEMM.
 
 Arguments here are already checked: C-contiguous, aligned, writeable 4-D arrays of one dtype
 (so Numba sees exactly the types :func:`~.conv.warmup` compiled) and Python ints.
@@ -21,6 +21,7 @@ are batched several per block through :func:`~.im2col.im2col` / :func:`~.im2col.
 import numpy as np
 
 from . import direct, klanes
+from . import pointwise as pw
 from .im2col import col2im, im2col
 from .wide import pack_wide, unpack_wide
 
@@ -234,14 +235,17 @@ def forward(x, w, P, Q, sh, sw, dh, dw, top, left, out, accumulate):
 def pointwise(xm, wm, om, accumulate):
     """``om[n] (+)= wm @ xm[n]`` for the (N, C, pixels) input ``xm``, the (K, C) filter and
     the (N, K, pixels) output ``om``: a 1x1 stride-1 layer, whose input already is the
-    column matrix. One GEMM per image on images with ``WIDE_MIN_PIXELS`` pixels or more;
+    column matrix. The blocked GEMM of :mod:`.pointwise` where :func:`.pointwise.use` says it
+    is faster than BLAS; else one GEMM per image on images with ``WIDE_MIN_PIXELS`` pixels or more;
     smaller images are first copied into one (C, N*pixels) matrix, so that a single GEMM
     spans them all (an input-sized and an output-sized temporary). Measured against a GEMM
     per image (one thread, batch 8): 7x7 images 1.2-1.3x float32, 1.4-2x float64; 14x14
     0.9x float32, 1.1x float64. (GEMMs over bands of output rows, as the other paths use,
     ran 0.85-0.95x of whole images on ResNet-50's 1x1 layers.)"""
     N, K = om.shape[0], om.shape[1]
-    if xm.shape[2] < WIDE_MIN_PIXELS:
+    if pw.use(xm.shape[1], K, xm.shape[2], xm.dtype.itemsize):
+        pw.forward(xm, wm, om, accumulate)
+    elif xm.shape[2] < WIDE_MIN_PIXELS:
         gathered = np.ascontiguousarray(xm.transpose(1, 0, 2)).reshape(xm.shape[1], -1)
         _store(om, (wm @ gathered).reshape(K, N, -1).transpose(1, 0, 2), accumulate)
     elif accumulate:

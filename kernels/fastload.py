@@ -35,6 +35,7 @@ ENTRY_POINTS = {
     "wide": ("pack_wide", "unpack_wide"),
     "direct": ("pack_slab", "pack_cols", "stripes", "unblock", "pack_dyt", "weight_tiles"),
     "klanes": ("transpose_filter", "tiles", "store"),
+    "pointwise": ("pack_filter", "column_blocks"),
 }
 
 _loaded = {}

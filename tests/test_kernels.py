@@ -5,8 +5,9 @@ explicitly and calling the oracle with pad=0 (cropping dx back for backward-data
 also runs with the drivers' block-size knobs forced small, so the band blocking, the wide
 (stride-1) packing and batched im2col are all exercised on small layers, and with each
 source of the direct kernels (slab, explicit columns) forced, with one-stripe blocks and
-short reduction chunks, and with the output-channel-lanes kernel (:mod:`cnnmm.kernels.klanes`)
-forced.
+short reduction chunks, with the output-channel-lanes kernel (:mod:`cnnmm.kernels.klanes`)
+forced, and with the blocked pointwise GEMM (:mod:`cnnmm.kernels.pointwise`) forced on every
+1x1 stride-1 layer (also with one-stripe blocks, 3-channel chunks and one row tile at a time).
 """
 
 import contextlib
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 
 from cnnmm import kernels
 from cnnmm import reference as ref
-from cnnmm.kernels import direct, drivers, fastload, im2col, klanes, ukernel, wide
+from cnnmm.kernels import direct, drivers, fastload, im2col, klanes, pointwise, ukernel, wide
 from cnnmm.spec import ConvSpec
 
 TOL = {np.float64: 1e-12, np.float32: 1e-5}
@@ -44,6 +45,9 @@ CONFIGS = {
                 (drivers, "FORCE_DIRECT_WEIGHT"): True, (klanes, "FORCE"): False},
     "k-lanes": {(klanes, "FORCE"): True},
     "k-lanes-tiny": {(klanes, "FORCE"): True, (klanes, "BLOCK_BYTES"): 1, (klanes, "CHUNK"): 16},
+    "pointwise": {(pointwise, "FORCE"): True},
+    "pointwise-tiny": {(pointwise, "FORCE"): True, (pointwise, "NSTRIPES"): 1, (pointwise, "KC"): 3,
+                       (pointwise, "A_BLOCK_BYTES"): 1},
 }
 
 
@@ -117,6 +121,7 @@ CASES = {
     "dilation2": (2, 3, 4, 11, 12, 3, 3, (1, 1), (2, 2, 2, 2), (2, 2)),
     "dilation2-stride2": (1, 3, 2, 15, 14, 3, 2, (2, 2), (2, 1, 0, 3), (2, 2)),
     "1x1": (3, 7, 5, 6, 7, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1)),
+    "1x1-wide": (3, 9, 19, 9, 11, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1)),
     "1x1-stride2-pad": (2, 4, 3, 7, 8, 1, 1, (2, 2), (1, 2, 2, 1), (1, 1)),
     "7x7-stride2": (1, 3, 4, 23, 21, 7, 7, (2, 2), (3, 3, 3, 3), (1, 1)),
     "R!=S": (2, 3, 5, 10, 9, 2, 5, (1, 1), (0, 1, 2, 2), (1, 1)),
@@ -261,17 +266,22 @@ def test_empty_dimensions(dtype, hw):
     assert fwd(z(1, 2, 3, 0), one(2, 2, 1, 1)).shape == (1, 2, 3, 0)
 
 
-@pytest.mark.parametrize("mode", ["slab", "cols", "klanes"])
+@pytest.mark.parametrize("mode", ["slab", "cols", "klanes", "pointwise"])
 def test_direct_kernels_on_several_threads(mode, monkeypatch):
-    """Stripes (or pixel tiles), slab rows and im2col rows split over threads give the
-    one-thread result."""
+    """Stripes (or pixel tiles, or column blocks), slab rows and im2col rows split over
+    threads give the one-thread result."""
     import numba
     threads = min(3, numba.config.NUMBA_NUM_THREADS)
     if threads < 2:
         pytest.skip("Numba allows one thread here (NUMBA_NUM_THREADS=1)")
+    cases = ("bands", "primes", "stride2", "tiny-images")
     if mode == "klanes":
         monkeypatch.setattr(klanes, "FORCE", True)
         monkeypatch.setattr(klanes, "BLOCK_BYTES", 1 << 14)
+    elif mode == "pointwise":
+        monkeypatch.setattr(pointwise, "FORCE", True)
+        monkeypatch.setattr(pointwise, "NSTRIPES", 1)
+        cases = ("1x1", "1x1-wide")
     else:
         monkeypatch.setattr(klanes, "FORCE", False)
         monkeypatch.setattr(direct, "FORCE_MODE", mode)
@@ -279,7 +289,7 @@ def test_direct_kernels_on_several_threads(mode, monkeypatch):
     rng = np.random.default_rng(12)
     before = numba.get_num_threads()
     try:
-        for case in ("bands", "primes", "stride2", "tiny-images"):
+        for case in cases:
             N, C, K, H, W, R, S, stride, padding, dilation = CASES[case]
             x, w, dy = make(rng, N, C, K, H, W, R, S, stride, padding, dilation, np.float64)
             numba.set_num_threads(threads)
@@ -290,22 +300,23 @@ def test_direct_kernels_on_several_threads(mode, monkeypatch):
 
 def test_narrow_vector_tile(tmp_path):
     """The tile for hosts without AVX-512 (16 vector registers of 32 bytes), built here on
-    demand, against the oracle on the direct paths (its own Numba cache: the cached code holds
-    the tile shape)."""
+    demand, against the oracle on the direct paths and the pointwise GEMM (its own Numba
+    cache: the cached code holds the tile shape)."""
     import os
     import subprocess
     import sys
     script = """
 import numpy as np, test_kernels as t
-from cnnmm.kernels import direct, drivers, klanes, ukernel
+from cnnmm.kernels import direct, drivers, klanes, pointwise, ukernel
 assert (ukernel.VBYTES, ukernel.MR, ukernel.NV) == (32, 4, 3)
 drivers.FORCE_DIRECT_WEIGHT = True
+pointwise.FORCE = True
 rng = np.random.default_rng(8)
 for mode in ("slab", "cols", "klanes"):
     klanes.FORCE = mode == "klanes"
     direct.FORCE_MODE = None if klanes.FORCE else mode
     for dtype in (np.float32, np.float64):
-        for case in ("3x3-pad1", "primes", "bands", "dilation2-stride2", "N=1,C=1,K=1", "K-tails"):
+        for case in ("3x3-pad1", "primes", "bands", "dilation2-stride2", "N=1,C=1,K=1", "K-tails", "1x1-wide"):
             N, C, K, H, W, R, S, stride, padding, dilation = t.CASES[case]
             x, w, dy = t.make(rng, N, C, K, H, W, R, S, stride, padding, dilation, dtype)
             t.check_all(x, w, dy, stride, padding, dilation)
@@ -377,7 +388,8 @@ def test_warmup_then_no_compilation():
     kernels.warmup(("float32", "float64"))
     jitted = (im2col.im2col, im2col.col2im, wide.pack_wide, wide.unpack_wide, direct.pack_slab,
               direct.pack_cols, direct.stripes, direct.unblock, direct.pack_dyt, direct.weight_tiles,
-              klanes.transpose_filter, klanes.tiles, klanes.store)
+              klanes.transpose_filter, klanes.tiles, klanes.store, pointwise.pack_filter,
+              pointwise.column_blocks)
     assert set(jitted) == set(fastload._dispatchers())
     # Each entry point is ready for both dtypes: compiled or loaded by Numba (its signatures),
     # or installed from the cache by fastload.
@@ -389,10 +401,12 @@ def test_warmup_then_no_compilation():
     rng = np.random.default_rng(6)
     for dtype, force, case in itertools.product(
             (np.float32, np.float64), (None, True),
-            ("stride2", "bands", "tiny-images", "primes", "7x7-stride2", "1x1-stride2-pad", "filter=input")):
+            ("stride2", "bands", "tiny-images", "primes", "7x7-stride2", "1x1-stride2-pad", "filter=input",
+             "1x1-wide")):
         with contextlib.ExitStack() as stack:
             stack.callback(setattr, klanes, "FORCE", klanes.FORCE)
-            klanes.FORCE = force  # the forward through either direct kernel
+            stack.callback(setattr, pointwise, "FORCE", pointwise.FORCE)
+            klanes.FORCE = pointwise.FORCE = force  # either direct kernel; BLAS or pointwise's
             N, C, K, H, W, R, S, stride, padding, dilation = CASES[case]
             x, w, dy = make(rng, N, C, K, H, W, R, S, stride, padding, dilation, dtype)
             kernels.conv2d_forward(x[:, ::-1], w, np.array(stride), padding, dilation)

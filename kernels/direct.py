@@ -31,8 +31,8 @@ from numba import njit
 
 from . import threads
 from .im2col import _qrange
-from .ukernel import (MR, MR_W, NV, NV_W, VBYTES, copy_elems, lanes, microkernel, microkernel_at, microkernel_w,
-                      tile_cols)
+from .ukernel import (MR, MR_W, NV, NV_W, VBYTES, copy_elems, keep_alive, lanes, microkernel, microkernel_at,
+                      microkernel_w, tile_cols)
 
 #: Source plus result of one block, aimed at the L2 cache.
 BLOCK_BYTES = 1 << 20
@@ -215,6 +215,7 @@ def stripes(js0, js1, wm, wtail, lda, aoff, aoff_tail, K, src, src_base, koff, n
                 else:
                     microkernel(steps, wt0 + t0 * item, lda_tail, b_addr, k_addr + t0 * 8,
                                 c_addr, ldr, acc, tag)
+    keep_alive((tb, tk))  # read through their addresses only
 
 
 @njit(cache=True, nogil=True)

@@ -31,8 +31,8 @@ import numpy as np
 from numba import njit
 
 from . import threads
-from .ukernel import (MR, NV, VBYTES, copy_tile_row, lanes, microkernel_at, prefetch_read, prefetch_write,
-                      tile_cols)
+from .ukernel import (MR, NV, VBYTES, copy_tile_row, keep_alive, lanes, microkernel_at, prefetch_read,
+                      prefetch_write, tile_cols)
 
 #: Channels per reduction chunk (a micro-panel: KC x tile_cols, in L1 during its row tiles).
 KC = 256
@@ -93,11 +93,18 @@ def column_blocks(b0, b1, xm, apack, K, kc, nstripes, krows, om, accumulate):
     x0, p0_, o0, a0 = xf.ctypes.data, panels.ctypes.data, of.ctypes.data, apack.ctypes.data
     ao0, ko0, t0_ = aoff.ctypes.data, koff.ctypes.data, tile.ctypes.data
     tag = np.empty(0, xm.dtype)
+    # Per stripe of a block: its first column's image and pixel, and its width.
+    first_n, first_p, width = np.empty(nstripes, np.int64), np.empty(nstripes, np.int64), np.empty(nstripes, np.int64)
     for blk in range(b0, b1):
         col_a = blk * span
         col_b = min(ncols, col_a + span)
         ns = (col_b - col_a + nr - 1) // nr
-        n_a, p_a = col_a // HW, col_a % HW
+        for s in range(ns):
+            col = col_a + s * nr
+            first_n[s] = col // HW
+            first_p[s] = col % HW
+            width[s] = min(nr, col_b - col)
+        n_a, p_a = first_n[0], first_p[0]
         for c0 in range(0, C, kc):
             steps = min(kc, C - c0)
             for t in range(steps):
@@ -105,9 +112,7 @@ def column_blocks(b0, b1, xm, apack, K, kc, nstripes, krows, om, accumulate):
                     prefetch_read(x0 + ((n_a * C + c0 + t + 2) * HW + p_a) * item, 0, 1,
                                   min(col_b - col_a, HW - p_a) * item)
                 for s in range(ns):
-                    col = col_a + s * nr
-                    m = min(nr, col_b - col)
-                    n, p = col // HW, col % HW
+                    m, n, p = width[s], first_n[s], first_p[s]
                     dst = (s * kc + t) * nr
                     if m == nr and p + nr <= HW:
                         copy_tile_row(p0_ + dst * item, x0 + ((n * C + c0 + t) * HW + p) * item, tag)
@@ -127,9 +132,7 @@ def column_blocks(b0, b1, xm, apack, K, kc, nstripes, krows, om, accumulate):
             for kb in range(0, Kp, krows):
                 ke = min(Kp, kb + krows)
                 for s in range(ns):
-                    col = col_a + s * nr
-                    m = min(nr, col_b - col)
-                    n, p = col // HW, col % HW
+                    m, n, p = width[s], first_n[s], first_p[s]
                     b_addr = p0_ + s * kc * nr * item
                     in_place = m == nr and p + nr <= HW
                     for kt in range(kb, ke, MR):
@@ -153,6 +156,7 @@ def column_blocks(b0, b1, xm, apack, K, kc, nstripes, krows, om, accumulate):
                                 if pp == HW:
                                     pp = 0
                                     nn += 1
+    keep_alive((panels, tile, aoff, koff, first_n, first_p, width, tag))
 
 
 def forward(xm, wm, om, accumulate):

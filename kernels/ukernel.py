@@ -30,7 +30,7 @@ from numba.extending import intrinsic
 
 __all__ = ["VBYTES", "MR", "NV", "MR_W", "NV_W", "lanes", "tile_cols", "microkernel", "microkernel_at",
            "microkernel_w", "MR_K", "NV_K", "microkernel_px", "copy_elems", "copy_tile_row", "prefetch_read",
-           "prefetch_write", "transpose_tile"]
+           "prefetch_write", "keep_alive", "transpose_tile"]
 
 
 def _has_avx512():
@@ -272,6 +272,19 @@ def _prefetch(write):
 #: and the output lines its next tile writes (their misses are what it waits for otherwise).
 prefetch_read = _prefetch(False)
 prefetch_write = _prefetch(True)
+
+
+@intrinsic
+def keep_alive(typingctx, arrays):
+    """Emits no code; a use of the tuple ``arrays`` that keeps them allocated up to here.
+
+    Numba frees a function's own array after its last use, and an address taken from it
+    (``.ctypes.data``) is not a use: an array read only through its address by the
+    micro-kernel can be freed, and its memory handed to the next allocation (of this thread
+    or another), while the kernel still reads it. Call this at the end of such a function."""
+    if not isinstance(arrays, types.BaseTuple):
+        return None
+    return types.void(arrays), lambda context, builder, sig, args: context.get_dummy_value()
 
 
 def _transpose_codegen(real, width):

@@ -31,6 +31,7 @@ import numpy as np
 from numba import njit
 
 from . import threads
+from .direct import _up
 from .ukernel import (MR, NV, VBYTES, copy_tile_row, keep_alive, lanes, microkernel_at, prefetch_read,
                       prefetch_write, tile_cols)
 
@@ -166,7 +167,7 @@ def forward(xm, wm, om, accumulate):
     K = wm.shape[0]
     item = xm.dtype.itemsize
     kc = min(KC, C)
-    Kp = -(-K // MR) * MR
+    Kp = _up(K, MR)
     apack = np.empty(Kp * C, xm.dtype)
     threads.run_range(pack_filter, Kp // MR, wm.reshape(-1), K, C, kc, apack)
     krows = max(MR, min(Kp, A_BLOCK_BYTES // (kc * item) // MR * MR))

@@ -4,11 +4,11 @@ Stride-1 backward-data is a forward convolution of ``dy`` with the flipped, tran
 (no scatter-add); other strides use a GEMM to columns followed by a scatter-add.
 
 Memory, direct kernels (filters wider than 1x1: forward, stride-1 backward-data, and
-backward-weight on large enough images with enough channels; :mod:`.direct`): one source
+backward-weight with at most 256 output channels; :mod:`.direct`): one source
 block (the input rows a block reads, phase-split, or its im2col columns on small images) plus
 one block result or transposed ``dy`` block, together about ``direct.BLOCK_BYTES`` (1 MiB)
 unless one output row or ``direct.MIN_COLS`` columns need more; backward-weight adds
-``R*S*C*K`` accumulators (C and K rounded up to the tile) and backward-data a flipped copy of
+``R*S*C*K`` accumulators (C*R*S and K rounded up to the tile) and backward-data a flipped copy of
 the filter. A forward that goes to :mod:`.klanes` (output channels in the vector lanes) holds a
 transposed copy of the filter (K rounded up to whole vector tiles) and blocks of about
 ``klanes.BLOCK_BYTES`` (1 MiB: a zero-padded input copy plus the ``pixels x K`` result).
@@ -180,12 +180,12 @@ def conv2d_backward_weight(x, dy, filter_rs, stride=(1, 1), padding=(0, 0, 0, 0)
     Notes
     -----
     Direct kernel (where :func:`.drivers.use_direct_weight` holds: filters wider than 1x1, at
-    least 16 input channels, at most 1 KiB of output channels, images large enough): the
-    block's phase-split input rows and transposed ``dy`` (about 1 MiB together) and
-    ``R*S*C*K`` accumulators. Otherwise: a column block of about ``T`` elements with
-    ``B = 2**20`` (module docstring), a widened or transposed copy of the block of ``dy``
-    (``K/(C*R*S)`` of that), the block's input slab, and one ``K*C*R*S`` partial product per
-    block after the first (every block when accumulating).
+    most 256 output channels): the block's phase-split input rows and transposed ``dy``
+    (about 1 MiB together), its pixels' slab columns (8 bytes each) and ``R*S*C*K``
+    accumulators (``C*R*S`` and ``K`` rounded up to the tile). Otherwise: a column block of
+    about ``T`` elements with ``B = 2**20`` (module docstring), a widened or transposed copy
+    of the block of ``dy`` (``K/(C*R*S)`` of that), the block's input slab, and one
+    ``K*C*R*S`` partial product per block after the first (every block when accumulating).
     """
     sh, sw = chk.pair("stride", stride, 1)
     dh, dw_ = chk.pair("dilation", dilation, 1)

@@ -29,10 +29,10 @@ flipped copy of the filter (of one stride phase's taps).
 import numpy as np
 from numba import njit
 
-from . import threads
+from . import buffers, threads
 from .im2col import _qrange
 from .ukernel import (MR, MR_W, NV, NV_W, VBYTES, copy_elems, keep_alive, lanes, microkernel, microkernel_at,
-                      microkernel_w, tile_cols)
+                      microkernel_px, tile_cols, transpose_tile)
 
 #: Source plus result of one block, aimed at the L2 cache.
 BLOCK_BYTES = 1 << 20
@@ -488,89 +488,132 @@ def _phase_taps(i0, top, stride, dil, R):
 
 
 @njit(cache=True, nogil=True)
-def pack_dyt(r0, r1, dy, n0, p0, rows, img_pitch, row_pitch, dyt, ldy):
-    """Rows ``r0:r1`` (of ``nb*rows`` image rows) of the block's ``dy`` transposed into slab
-    columns: ``dyt[(i*img_pitch + p*row_pitch + q)*ldy + k] = dy[n0+i, k, p0+p, q]``. Junk
-    columns and padding channels ``k >= K`` are left as they are (zero)."""
-    K, P, Q = dy.shape[1], dy.shape[2], dy.shape[3]
-    dyf = dy.reshape(-1)
-    for r in range(r0, r1):
-        i, p = r // rows, r % rows
-        src = ((n0 + i) * K * P + p0 + p) * Q
-        dst = (i * img_pitch + p * row_pitch) * ldy
-        for k in range(K):
-            for q in range(Q):
-                dyt[dst + q * ldy + k] = dyf[src + k * P * Q + q]
+def transpose(src, s0, lds, dst, d0, ldd, a0, a1, b0, b1, accumulate, dst_rows_outer):
+    """``dst[d0 + a*ldd + b] (+)= src[s0 + b*lds + a]`` for ``a0 <= a < a1, b0 <= b < b1``:
+    square tiles transposed in registers (:data:`~.ukernel.transpose_tile`), then the ragged
+    edges element by element. Tiles go a band of ``lanes`` destination rows at a time when
+    ``dst_rows_outer``, else of source rows: :mod:`.klanes`' copy of the filter and
+    :func:`pack_dyt` measured fastest by source rows (each source line read once, in order:
+    1.3-2.4 GB/s on ResNet-50's largest filters, against 0.7-1.9 element by element; conv1's
+    ``dy`` 1.4x faster than by destination rows), klanes' store of the result by destination
+    rows (by source rows, ResNet-50's res2 and res3 3x3 calls ran 2-17% slower, measured
+    alternating)."""
+    item = src.itemsize
+    lanes_ = VBYTES // item
+    sa, da, tag = src.ctypes.data, dst.ctypes.data, np.empty(0, src.dtype)
+    af, bf = a0 + (a1 - a0) // lanes_ * lanes_, b0 + (b1 - b0) // lanes_ * lanes_
+    # Outer and inner tile loops over a or b: (o0, o1) and (i0, i1) with a = o or i.
+    o0, o1, i0, i1 = (a0, af, b0, bf) if dst_rows_outer else (b0, bf, a0, af)
+    for o in range(o0, o1, lanes_):
+        for i in range(i0, i1, lanes_):
+            a, b = (o, i) if dst_rows_outer else (i, o)
+            transpose_tile(sa + (s0 + b * lds + a) * item, lds, da + (d0 + a * ldd + b) * item, ldd,
+                           accumulate, tag)
+    for a in range(a0, a1):
+        for b in range(bf if a < af else b0, b1):
+            if accumulate:
+                dst[d0 + a * ldd + b] += src[s0 + b * lds + a]
+            else:
+                dst[d0 + a * ldd + b] = src[s0 + b * lds + a]
 
 
 @njit(cache=True, nogil=True)
-def weight_tiles(i0, i1, slab, L, taps, ctiles, dyt, ldy, Kp, ncol, jsteps, dwt):
-    """``dwt[(rs*Cp + c)*Kp + k] += sum_j slab[c*L + taps[rs] + j] * dyt[j*ldy + k]`` over the
-    block's ``ncol`` columns, for the (tap, channel tile) items ``i0:i1`` (item ``rs*ctiles +
-    ct`` is channels ``ct*MR_W`` onwards of tap ``rs``; ``Cp = ctiles*MR_W``). ``jsteps`` is
-    ``arange(chunk)*ldy``. A tile's accumulators stay in registers for ``chunk`` pixels and in
-    L1 between chunks; ``dyt``'s column panel and the slab rows stream from L2."""
+def pack_dyt(t0, t1, dy, n0, p0, rows, dyt, ldy):
+    """Pixels ``t0:t1`` (of the block's ``nb*rows*Q``: images ``n0:n0+nb``, output rows
+    ``p0:p0+rows``) of ``dy`` transposed into pixel-major rows: ``dyt[t*ldy + k] =
+    dy[n0+i, k, p0+p, q]`` for ``t = (i*rows + p)*Q + q``; columns ``k >= K`` are left as
+    they are."""
+    K, P, Q = dy.shape[1], dy.shape[2], dy.shape[3]
+    per_image = rows * Q
+    dyf = dy.reshape(-1)
+    t = t0
+    while t < t1:
+        i = t // per_image
+        a0, a1 = t - i * per_image, min(t1 - i * per_image, per_image)
+        transpose(dyf, ((n0 + i) * K * P + p0) * Q, P * Q, dyt, i * per_image * ldy, ldy, a0, a1, 0, K, 0, False)
+        t = i * per_image + a1
+
+
+@njit(cache=True, nogil=True)
+def store_weight(k0, k1, acc, Kp, dwt, G, accumulate):
+    """``dwt[k*G + g] (+)= acc[g*Kp + k]`` for output channels ``k0:k1`` and taps ``g < G``
+    (``dwt`` flat)."""
+    transpose(acc, 0, Kp, dwt, 0, G, k0, k1, 0, G, accumulate, True)
+
+
+@njit(cache=True, nogil=True)
+def weight_tiles(i0, i1, slab, rows_at, pixels_at, dyt, ldy, Kp, npx, chunk, dwt):
+    """``dwt[g*Kp + k] += sum_t slab[rows_at[g] + pixels_at[t]] * dyt[t*ldy + k]`` over the
+    block's ``npx`` pixels ``t``, for the row tiles ``i0:i1`` (tile ``i`` is rows ``g`` from
+    ``i*MR_W`` on: the taps ``(c, r, s)`` in filter order, plus padding rows). A tile's
+    accumulators stay in registers for ``chunk`` pixels and in L1 between chunks; a chunk of
+    ``dyt`` (a column panel of ``NV_W`` vectors) stays in L1 while every tile passes over it,
+    and the slab rows stream from L2."""
     item = slab.itemsize
     nrw = NV_W * (VBYTES // item)
-    chunk = jsteps.shape[0]
-    Cp = ctiles * MR_W
     # Addresses taken once (see :func:`stripes`).
-    s0, y0, d0, j_addr = slab.ctypes.data, dyt.ctypes.data, dwt.ctypes.data, jsteps.ctypes.data
+    s0, y0, d0 = slab.ctypes.data, dyt.ctypes.data, dwt.ctypes.data
+    r0, p0 = rows_at.ctypes.data, pixels_at.ctypes.data
     tag = np.empty(0, slab.dtype)
     for kt in range(0, Kp, nrw):
-        for j0 in range(0, ncol, chunk):
+        for j0 in range(0, npx, chunk):
             b_addr = y0 + (j0 * ldy + kt) * item
             for it in range(i0, i1):
-                rs, ct = it // ctiles, it % ctiles
-                a_addr = s0 + (ct * MR_W * L + taps[rs] + j0) * item
-                c_addr = d0 + ((rs * Cp + ct * MR_W) * Kp + kt) * item
-                microkernel_w(min(chunk, ncol - j0), a_addr, L, b_addr, j_addr, c_addr, Kp, 1, tag)
+                microkernel_px(min(chunk, npx - j0), s0, r0 + it * MR_W * 8, p0 + j0 * 8, b_addr, ldy,
+                               d0 + (it * MR_W * Kp + kt) * item, Kp, 1, tag)
+    keep_alive((slab, rows_at, pixels_at, dyt, dwt))
 
 
 #: Pixels per backward-weight micro-kernel call.
 WEIGHT_CHUNK = 128
 
 
+def _slab_pixels(nb, rows, Q, img_pitch, Wph):
+    """Slab columns of a block's pixels ``(i, p, q)`` in that order (junk columns skipped)."""
+    cols = (np.arange(nb)[:, None, None] * img_pitch + np.arange(rows)[None, :, None] * Wph
+            + np.arange(Q)[None, None, :])
+    return cols.reshape(-1).astype(np.int64)
+
+
 def backward_weight(x, dy, R, S, sh, sw, dh, dw, top, left, dwt, accumulate):
     """``dwt (+)= sum over pixels of dy x im2col(x)``; ``dwt`` is (K, C, R, S), C-contiguous.
 
-    The GEMM ``dW[c, r, s][k] = sum_j B[(c, r, s), j] * dyT[j, k]`` runs over the slab
-    columns ``j`` of each block (as in :func:`forward`), with ``dy`` transposed into those
-    columns (zeros at junk columns, so they add nothing). Its tiles are ``MR_W`` channels of
-    one tap (rows of the slab at a fixed pitch) by ``NV_W`` vectors of output channels; they
-    are split over the threads, so no partial sums need reducing. Memory: the slab and the
-    transposed ``dy`` of one block (about ``BLOCK_BYTES``) and ``R*S*C*K`` accumulators
-    (``C`` and ``K`` rounded up to the tile).
+    The GEMM ``dW[(c, r, s), k] = sum_t B[(c, r, s), t] * dyT[t, k]`` runs over the pixels
+    ``t`` of each block, with B read in place from the block's slab (as in :func:`forward`;
+    a row table gives each tap's slab row, a pixel table each pixel's column, so junk
+    columns are never computed) and ``dy`` transposed into pixel-major rows. Its tiles are
+    ``MR_W`` taps (any channels: a 3-channel layer fills them too) by ``NV_W`` vectors of
+    output channels; they are split over the threads, so no partial sums need reducing.
+    Memory: the slab and the transposed ``dy`` of one block (about ``BLOCK_BYTES``) and
+    ``C*R*S*K`` accumulators (rounded up to the tile).
     """
     N, C, H, W = x.shape
     _, K, P, Q = dy.shape
     item = x.dtype.itemsize
     RS = R * S
     nrw = NV_W * lanes(item)
-    Kp, ctiles = _up(K, nrw), -(-C // MR_W)
-    Cp = ctiles * MR_W
-    acc_w = np.zeros(RS * Cp * Kp, x.dtype)
+    Kp, Gp = _up(K, nrw), _up(C * RS, MR_W)
+    acc_w = buffers.zeros(Gp * Kp, x.dtype)
     if N and P and Q and C and K:
         plan = Plan(x.shape, Kp, P, Q, R, S, sh, sw, dh, dw, item, SLAB)
         src = dyt = None
         # dy's rows at a pitch of an odd number of cache lines: at Kp = 256 or 512 (1-2 KiB)
         # a chunk's rows would share a quarter or an eighth of L1's sets.
         ldy = _odd_lines(Kp, item)
-        jsteps = np.arange(WEIGHT_CHUNK, dtype=np.int64) * ldy
         for blk in plan.blocks:
             n0, _, p0, _ = blk
-            nb, rows, img_pitch, ncol = plan.columns(blk)
+            nb, rows, img_pitch, _ = plan.columns(blk)
+            npx = nb * rows * Q
             if src is None:  # the first block is the largest
-                # Channel tiles past C read up to MR_W rows past the slab: zeros.
-                src = np.zeros(plan.slab_elems(_odd_lines(nb * img_pitch, item), MR_W), x.dtype)
-                dyt = np.zeros(ncol * ldy, x.dtype)
+                src = buffers.empty(plan.slab_elems(_odd_lines(nb * img_pitch, item)), x.dtype)
+                dyt = buffers.empty(npx * ldy, x.dtype)
+                if Kp > K:  # padding output channels: zeros, never written by pack_dyt
+                    dyt.reshape(npx, ldy)[:, K:Kp] = 0
             L, koff = plan.pack_slab(x, blk, src, top, left)
-            taps = koff[:RS]  # channel 0's taps: channel c adds c*L
-            threads.run_range(pack_dyt, nb * rows, dy, n0, p0, rows, img_pitch, plan.Wph, dyt, ldy)
-            threads.run_range(weight_tiles, RS * ctiles, src, L, taps, ctiles, dyt, ldy, Kp, ncol,
-                              jsteps, acc_w)
-    res = acc_w.reshape(R, S, Cp, Kp)[:, :, :C, :K].transpose(3, 2, 0, 1)
-    if accumulate:
-        dwt += res
-    else:
-        dwt[...] = res
+            rows_at = np.zeros(Gp, np.int64)  # padding rows read tap 0, land in padding
+            rows_at[:C * RS] = koff
+            threads.run_range(pack_dyt, npx, dy, n0, p0, rows, dyt, ldy)
+            pixels_at = _slab_pixels(nb, rows, Q, img_pitch, plan.Wph)
+            threads.run_range(weight_tiles, Gp // MR_W, src, rows_at, pixels_at, dyt, ldy, Kp, npx,
+                              WEIGHT_CHUNK, acc_w)
+    threads.run_range(store_weight, K, acc_w, Kp, dwt.reshape(-1), C * RS, int(bool(accumulate)))

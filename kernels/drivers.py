@@ -157,30 +157,23 @@ def use_klanes(x_shape, K, P, Q, R, S, sh, sw, dh, dw, top, left, itemsize, plan
 #: True or False sends every backward-weight wider than 1x1 to (or away from) the direct
 #: kernel (tests); None: :func:`use_direct_weight`'s rule.
 FORCE_DIRECT_WEIGHT = None
-#: Backward-weight goes direct when at least this fraction of the slab's columns are pixels,
-DIRECT_WEIGHT_MIN_EFFICIENCY = 0.75
-#: with at least this many input channels (a tile holds ``MR_W`` of them) ...
-DIRECT_WEIGHT_MIN_CHANNELS = 16
-#: ... and ``K * itemsize`` (a row of the transposed ``dy``) at most this many bytes.
-DIRECT_WEIGHT_MAX_ROW_BYTES = 1024
+#: Backward-weight goes direct when it has at most this many output channels.
+DIRECT_WEIGHT_MAX_K = 256
 
 
 def use_direct_weight(C, K, P, Q, R, S, sh, sw, dh, dw, itemsize):
     """Whether backward-weight goes to :func:`.direct.backward_weight`: filters wider than 1x1
-    on images large enough that the slab's junk rows and columns (``(dh*(R-1))//sh`` and
-    ``(dw*(S-1))//sw`` per image) waste little, ``C >= DIRECT_WEIGHT_MIN_CHANNELS`` and
-    ``K*itemsize <= DIRECT_WEIGHT_MAX_ROW_BYTES``.
+    with ``K <= DIRECT_WEIGHT_MAX_K``.
 
     Measured (one thread, batch 8, alternating; direct's speed over packing + BLAS) on
-    ResNet-50's and VGG-16's 3x3 layers, float32: K = 64-128 1.2-1.8, K = 256 0.94-1.11 (C = 256
-    1.02-1.11), K = 512 0.82-0.94 on 14x14 to 28x28 images; float64: K = 64-128 1.03-1.7,
-    K = 256 0.82-0.88, K = 512 0.61-0.69; on 7x7 images (60% pixels) 0.4-0.46; conv1 (C = 3,
-    so a tile of ``MR_W`` channels half empty) 0.84-1.1."""
+    ResNet-50's 3x3 layers and conv1: float32 K = 64-256 1.2-2.1 (conv1, C = 3, 2.0: a tile's
+    rows are any ``MR_W`` taps, so three channels fill it), K = 512 (7x7 images) 0.6-0.75;
+    float64 K = 64-128 1.1-1.8, K = 256 1.0-1.25, K = 512 0.7. (Earlier tiles of ``MR_W``
+    channels of one tap, over every slab column, ran 0.4-0.5 on 7x7 images and 0.84-1.1 on
+    conv1.)"""
     if FORCE_DIRECT_WEIGHT is not None:
         return R * S > 1 and bool(FORCE_DIRECT_WEIGHT)
-    eh, ew = (dh * (R - 1)) // sh, (dw * (S - 1)) // sw
-    return (R * S > 1 and C >= DIRECT_WEIGHT_MIN_CHANNELS and K * itemsize <= DIRECT_WEIGHT_MAX_ROW_BYTES
-            and P * Q >= DIRECT_WEIGHT_MIN_EFFICIENCY * (P + eh) * (Q + ew))
+    return R * S > 1 and K <= DIRECT_WEIGHT_MAX_K
 
 
 def forward(x, w, P, Q, sh, sw, dh, dw, top, left, out, accumulate):

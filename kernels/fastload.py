@@ -33,7 +33,7 @@ __all__ = ["ENTRY_POINTS", "enabled", "load", "installed"]
 ENTRY_POINTS = {
     "im2col": ("im2col", "col2im"),
     "wide": ("pack_wide", "unpack_wide"),
-    "direct": ("pack_slab", "pack_cols", "stripes", "unblock", "pack_dyt", "weight_tiles"),
+    "direct": ("pack_slab", "pack_cols", "stripes", "unblock", "pack_dyt", "weight_tiles", "store_weight"),
     "klanes": ("transpose_filter", "tiles", "store"),
     "pointwise": ("pack_filter", "column_blocks"),
 }

@@ -27,8 +27,8 @@ import numpy as np
 from numba import njit
 
 from . import threads
-from .direct import _odd_lines, _up, pack_slab
-from .ukernel import MR_K, NV_K, VBYTES, lanes, microkernel_px, transpose_tile
+from .direct import _odd_lines, _up, pack_slab, transpose
+from .ukernel import MR_K, NV_K, VBYTES, lanes, microkernel_px
 
 #: Padded source plus result of one block, aimed at the L2 cache.
 BLOCK_BYTES = 1 << 20
@@ -81,34 +81,6 @@ def cost(x_shape, K, P, Q, R, S, sh, sw, dh, dw, top, left, itemsize):
     for n0, n1, p0, p1 in blocks(x_shape, K, P, Q, R, S, sh, sw, dh, dw, itemsize, in_place):
         total += _up((n1 - n0) * (p1 - p0) * Q, MR_K)
     return total * k_pitch(K, itemsize) * kred + K * kred * TRANSPOSE_MADDS
-
-
-@njit(cache=True, nogil=True)
-def transpose(src, s0, lds, dst, d0, ldd, a0, a1, b0, b1, accumulate, dst_rows_outer):
-    """``dst[d0 + a*ldd + b] (+)= src[s0 + b*lds + a]`` for ``a0 <= a < a1, b0 <= b < b1``:
-    square tiles transposed in registers (:data:`~.ukernel.transpose_tile`), then the ragged
-    edges element by element. Tiles go a band of ``lanes`` destination rows at a time when
-    ``dst_rows_outer``, else of source rows: the filter's copy measured fastest by source
-    rows (each source line read once, in order: 1.3-2.4 GB/s on ResNet-50's largest filters,
-    against 0.7-1.9 element by element), the result's store by destination rows (by source
-    rows, ResNet-50's res2 and res3 3x3 calls ran 2-17% slower, measured alternating)."""
-    item = src.itemsize
-    lanes_ = VBYTES // item
-    sa, da, tag = src.ctypes.data, dst.ctypes.data, np.empty(0, src.dtype)
-    af, bf = a0 + (a1 - a0) // lanes_ * lanes_, b0 + (b1 - b0) // lanes_ * lanes_
-    # Outer and inner tile loops over a or b: (o0, o1) and (i0, i1) with a = o or i.
-    o0, o1, i0, i1 = (a0, af, b0, bf) if dst_rows_outer else (b0, bf, a0, af)
-    for o in range(o0, o1, lanes_):
-        for i in range(i0, i1, lanes_):
-            a, b = (o, i) if dst_rows_outer else (i, o)
-            transpose_tile(sa + (s0 + b * lds + a) * item, lds, da + (d0 + a * ldd + b) * item, ldd,
-                           accumulate, tag)
-    for a in range(a0, a1):
-        for b in range(bf if a < af else b0, b1):
-            if accumulate:
-                dst[d0 + a * ldd + b] += src[s0 + b * lds + a]
-            else:
-                dst[d0 + a * ldd + b] = src[s0 + b * lds + a]
 
 
 @njit(cache=True, nogil=True)

@@ -29,7 +29,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 __all__ = ["VBYTES", "MR", "NV", "MR_W", "NV_W", "lanes", "tile_cols", "microkernel", "microkernel_at",
-           "microkernel_w", "MR_K", "NV_K", "microkernel_px", "copy_elems", "copy_tile_row", "prefetch_read",
+           "MR_K", "NV_K", "microkernel_px", "copy_elems", "copy_tile_row", "prefetch_read",
            "prefetch_write", "keep_alive", "transpose_tile"]
 
 
@@ -197,12 +197,12 @@ def _intrinsic(mr, nv, a_table=False, row_table=False):
 microkernel = _intrinsic(MR, NV)
 #: ... with A's step offsets from a table: backward-data reads the filter in place, flipped.
 microkernel_at = _intrinsic(MR, NV, a_table=True)
-#: Backward-weight's tile: its columns are output channels, which come in multiples of 64 in
-#: common networks (an ``NV = 3`` tile would pad K = 64 to 96).
+#: The tile with output channels in the vector lanes, which come in multiples of 64 in common
+#: networks (an ``NV = 3`` tile would pad K = 64 to 96) ...
 MR_W, NV_W = (6, 4) if VBYTES == 64 else (MR, NV)
-microkernel_w = _intrinsic(MR_W, NV_W)
-#: The same tile shape with A's rows at offsets from a table: :mod:`.klanes` broadcasts input
-#: pixels (rows at any positions, so no junk columns) against vectors of output channels.
+#: ... and A's rows at offsets from a table: :mod:`.klanes` broadcasts input pixels (rows at
+#: any positions, so no junk columns) against vectors of output channels; backward-weight
+#: broadcasts any ``MR_W`` filter taps' input values, pixel by pixel.
 MR_K, NV_K = MR_W, NV_W
 microkernel_px = _intrinsic(MR_K, NV_K, a_table=True, row_table=True)
 

@@ -135,6 +135,8 @@ CASES = {
     "bands": (2, 16, 8, 40, 38, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1)),
     "tiny-images": (9, 32, 16, 4, 3, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1)),
     "K-tails": (2, 9, 70, 9, 8, 3, 3, (2, 1), (1, 1, 1, 1), (1, 1)),
+    # Past drivers.DIRECT_WEIGHT_MAX_K: the default backward-weight packs and calls BLAS.
+    "K>256": (2, 3, 257, 7, 6, 3, 3, (1, 2), (1, 0, 1, 1), (1, 1)),
 }
 
 
@@ -388,8 +390,8 @@ def test_warmup_then_no_compilation():
     kernels.warmup(("float32", "float64"))
     jitted = (im2col.im2col, im2col.col2im, wide.pack_wide, wide.unpack_wide, direct.pack_slab,
               direct.pack_cols, direct.stripes, direct.unblock, direct.pack_dyt, direct.weight_tiles,
-              klanes.transpose_filter, klanes.tiles, klanes.store, pointwise.pack_filter,
-              pointwise.column_blocks)
+              direct.store_weight, klanes.transpose_filter, klanes.tiles, klanes.store,
+              pointwise.pack_filter, pointwise.column_blocks)
     assert set(jitted) == set(fastload._dispatchers())
     # Each entry point is ready for both dtypes: compiled or loaded by Numba (its signatures),
     # or installed from the cache by fastload.

@@ -328,11 +328,11 @@ class Plan:
                           self.used, top, left, slab)
         return L, slab_offsets(C, R, S, sh, sw, dh, dw, self.Wph, L)[0]
 
-    def slab_elems(self, L, extra_channels=0):
-        """Elements of a slab of row pitch ``L``: the phase rows of ``C + extra_channels``
-        channels, plus the slack that junk columns read (up to ``eh*Wph + ew`` past a row)."""
+    def slab_elems(self, L):
+        """Elements of a slab of row pitch ``L``: the phase rows of the ``C`` channels, plus the
+        slack that junk columns read (up to ``eh*Wph + ew`` past a row)."""
         C, _, _, sh, sw = self.shape[:5]
-        return (sh * sw * C + extra_channels) * L + self.eh * self.Wph + self.ew
+        return sh * sw * C * L + self.eh * self.Wph + self.ew
 
 
 def _blocks(N, P, pitch, per_row, fixed):

@@ -161,7 +161,7 @@ FORCE_DIRECT_WEIGHT = None
 DIRECT_WEIGHT_MAX_K = 256
 
 
-def use_direct_weight(C, K, P, Q, R, S, sh, sw, dh, dw, itemsize):
+def use_direct_weight(K, R, S):
     """Whether backward-weight goes to :func:`.direct.backward_weight`: filters wider than 1x1
     with ``K <= DIRECT_WEIGHT_MAX_K``.
 
@@ -296,7 +296,7 @@ def backward_weight(x, dy, R, S, sh, sw, dh, dw, top, left, dwt, accumulate):
     """``dwt (+)= sum over pixels of dy x cols`` (dwt is (K, C, R, S))."""
     N, C, H, W = x.shape
     _, K, P, Q = dy.shape
-    if use_direct_weight(C, K, P, Q, R, S, sh, sw, dh, dw, x.dtype.itemsize):
+    if use_direct_weight(K, R, S):
         direct.backward_weight(x, dy, R, S, sh, sw, dh, dw, top, left, dwt, accumulate)
         return
     fresh = not accumulate

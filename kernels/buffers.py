@@ -2,7 +2,7 @@
 
 numpy aligns large arrays to 16 bytes only (measured: 16 or 48 modulo 64), so a 64-byte vector
 load from a row that starts at a whole number of cache lines into such a buffer still splits two
-lines. The kernels' packed panels, transposed operands and accumulators come from here.
+lines. Backward-weight's slab, transposed ``dy`` and accumulators (:mod:`.direct`) come from here.
 """
 
 import numpy as np

@@ -597,6 +597,7 @@ def backward_weight(x, dy, R, S, sh, sw, dh, dw, top, left, dwt, accumulate):
     if N and P and Q and C and K:
         plan = Plan(x.shape, Kp, P, Q, R, S, sh, sw, dh, dw, item, SLAB)
         src = dyt = None
+        tables = (None, None, None)  # (block shape, rows_at, pixels_at): blocks share them
         # dy's rows at a pitch of an odd number of cache lines: at Kp = 256 or 512 (1-2 KiB)
         # a chunk's rows would share a quarter or an eighth of L1's sets.
         ldy = _odd_lines(Kp, item)
@@ -610,10 +611,11 @@ def backward_weight(x, dy, R, S, sh, sw, dh, dw, top, left, dwt, accumulate):
                 if Kp > K:  # padding output channels: zeros, never written by pack_dyt
                     dyt.reshape(npx, ldy)[:, K:Kp] = 0
             L, koff = plan.pack_slab(x, blk, src, top, left)
-            rows_at = np.zeros(Gp, np.int64)  # padding rows read tap 0, land in padding
-            rows_at[:C * RS] = koff
+            if tables[0] != (nb, rows, L):
+                rows_at = np.zeros(Gp, np.int64)  # padding rows read tap 0, land in padding
+                rows_at[:C * RS] = koff
+                tables = ((nb, rows, L), rows_at, _slab_pixels(nb, rows, Q, img_pitch, plan.Wph))
             threads.run_range(pack_dyt, npx, dy, n0, p0, rows, dyt, ldy)
-            pixels_at = _slab_pixels(nb, rows, Q, img_pitch, plan.Wph)
-            threads.run_range(weight_tiles, Gp // MR_W, src, rows_at, pixels_at, dyt, ldy, Kp, npx,
+            threads.run_range(weight_tiles, Gp // MR_W, src, tables[1], tables[2], dyt, ldy, Kp, npx,
                               WEIGHT_CHUNK, acc_w)
     threads.run_range(store_weight, K, acc_w, Kp, dwt.reshape(-1), C * RS, int(bool(accumulate)))

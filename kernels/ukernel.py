@@ -24,13 +24,13 @@ and guarantee that every access is in bounds. Nothing is allocated.
 import os
 
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 __all__ = ["VBYTES", "MR", "NV", "MR_W", "NV_W", "lanes", "tile_cols", "microkernel", "microkernel_at",
-           "MR_K", "NV_K", "microkernel_px", "copy_elems", "copy_tile_row", "prefetch_read",
-           "prefetch_write", "keep_alive", "transpose_tile"]
+           "microkernel_cols", "MR_K", "NV_K", "microkernel_px", "copy_elems", "copy_row", "copy_tile_row",
+           "prefetch_read", "prefetch_write", "keep_alive", "transpose_tile"]
 
 
 def _has_avx512():
@@ -57,7 +57,7 @@ VBYTES = _vector_bytes()
 #: Tile rows (output channels) ...
 MR = 8 if VBYTES == 64 else 4
 #: ... and vectors per row.
-NV = 3
+NV = 3  # microkernel_cols has the narrower tiles of 1 and 2 vectors
 
 
 def lanes(itemsize):
@@ -197,6 +197,36 @@ def _intrinsic(mr, nv, a_table=False, row_table=False):
 microkernel = _intrinsic(MR, NV)
 #: ... with A's step offsets from a table: backward-data reads the filter in place, flipped.
 microkernel_at = _intrinsic(MR, NV, a_table=True)
+# The same tile cut to 1 and 2 vectors of columns (of NV = 3), plain and with an A table, for a
+# block's last, partial stripe (:func:`microkernel_cols`).
+_narrow1, _narrow2 = _intrinsic(MR, 1), _intrinsic(MR, 2)
+_narrow_at1, _narrow_at2 = _intrinsic(MR, 1, a_table=True), _intrinsic(MR, 2, a_table=True)
+
+
+@njit(inline="always")
+def microkernel_cols(nvec, table, steps, a, lda, aoff, b, koff, c, ldc, acc, tag):
+    """:data:`microkernel` (``table`` false; ``aoff`` unused) or :data:`microkernel_at`
+    (``table`` true) on only the first ``nvec`` (at most ``NV``) vectors of the tile's columns.
+
+    A block's last stripe holds ``ncol % tile_cols`` columns: a full tile over it computes up to
+    ``NV - 1`` vectors of padding (7% of the work on a float32 block of 392 columns, eight 7x7
+    images; measured 1.05x faster there)."""
+    if nvec >= NV:
+        if table:
+            microkernel_at(steps, a, lda, aoff, b, koff, c, ldc, acc, tag)
+        else:
+            microkernel(steps, a, lda, b, koff, c, ldc, acc, tag)
+    elif nvec == 2:
+        if table:
+            _narrow_at2(steps, a, lda, aoff, b, koff, c, ldc, acc, tag)
+        else:
+            _narrow2(steps, a, lda, b, koff, c, ldc, acc, tag)
+    elif table:
+        _narrow_at1(steps, a, lda, aoff, b, koff, c, ldc, acc, tag)
+    else:
+        _narrow1(steps, a, lda, b, koff, c, ldc, acc, tag)
+
+
 #: The tile with output channels in the vector lanes, which come in multiples of 64 in common
 #: networks (an ``NV = 3`` tile would pad K = 64 to 96) ...
 MR_W, NV_W = (6, 4) if VBYTES == 64 else (MR, NV)
@@ -221,6 +251,63 @@ def copy_elems(typingctx, dst, src, n, tag):
         return context.get_dummy_value()
 
     return types.void(types.int64, types.int64, types.int64, tag), codegen
+
+
+@intrinsic
+def copy_row(typingctx, dst, src, lo, hi, n, tag):
+    """``dst[j] = src[j]`` for ``lo <= j < hi``, ``dst[j] = 0`` for the other ``j < n``: a row of
+    a packed block with its zero padding, elements of ``tag``'s dtype at int64 addresses
+    ``dst`` and ``src`` (``src[j]`` is never read outside ``lo:hi``), by whole vectors with
+    masked loads and stores. For short rows: a loop over a 7-element row cost about 30 cycles,
+    a ``memcpy`` call more."""
+    real, item = _real(tag)
+    if real is None:
+        return None
+    width = lanes(item)
+
+    def codegen(context, builder, sig, args):
+        d_addr, s_addr, lo_, hi_, n_ = args[:5]
+        i1, i32, i64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
+        vec, ivec, mvec = ir.VectorType(real, width), ir.VectorType(i32, width), ir.VectorType(i1, width)
+        vptr = vec.as_pointer()
+        load = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vec, [vptr, i32, mvec, vec]), f"llvm.masked.load.v{width}{_vname(real)}.p0")
+        store = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [vec, vptr, i32, mvec]),
+            f"llvm.masked.store.v{width}{_vname(real)}.p0")
+        rptr = real.as_pointer()
+        d0, s0 = builder.inttoptr(d_addr, rptr), builder.inttoptr(s_addr, rptr)
+        iota = ir.Constant(ivec, list(range(width)))
+
+        def splat(value):
+            v = builder.insert_element(ir.Constant(ivec, ir.Undefined), value, ir.Constant(i32, 0))
+            return builder.shuffle_vector(v, ir.Constant(ivec, ir.Undefined), ir.Constant(ir.VectorType(i32, width),
+                                                                                          [0] * width))
+
+        def lane(bound, j0):  # ``bound - j0`` clamped to [0, width], as an i32 splat
+            v = builder.sub(bound, j0)
+            v = builder.select(builder.icmp_signed("<", v, ir.Constant(i64, 0)), ir.Constant(i64, 0), v)
+            v = builder.select(builder.icmp_signed(">", v, ir.Constant(i64, width)), ir.Constant(i64, width), v)
+            return splat(builder.trunc(v, i32))
+
+        chunks = builder.sdiv(builder.add(n_, ir.Constant(i64, width - 1)), ir.Constant(i64, width))
+        align = ir.Constant(i32, 1)
+        with cgutils.for_range(builder, chunks) as loop:
+            # Masks from 32-bit lane numbers: one vector compare each.
+            j0 = builder.mul(loop.index, ir.Constant(i64, width))
+            read = builder.and_(builder.icmp_signed(">=", iota, lane(lo_, j0)),
+                                builder.icmp_signed("<", iota, lane(hi_, j0)))
+            value = builder.call(load, [builder.bitcast(builder.gep(s0, [j0]), vptr), align, read,
+                                        ir.Constant(vec, None)])
+            builder.call(store, [value, builder.bitcast(builder.gep(d0, [j0]), vptr), align,
+                                 builder.icmp_signed("<", iota, lane(n_, j0))])
+        return context.get_dummy_value()
+
+    return types.void(*([types.int64] * 5), tag), codegen
+
+
+def _vname(real):
+    return "f32" if isinstance(real, ir.FloatType) else "f64"
 
 
 @intrinsic

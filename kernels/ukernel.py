@@ -84,7 +84,6 @@ def _store_or_add(builder, acc, ptrs, values):
 def _codegen(real, width, mr, nv, a_table, row_table=False):
     i64 = ir.IntType(64)
     vec = ir.VectorType(real, width)
-    bits = 32 if isinstance(real, ir.FloatType) else 64
 
     def codegen(context, builder, sig, args):
         if a_table:
@@ -94,7 +93,7 @@ def _codegen(real, width, mr, nv, a_table, row_table=False):
             steps, a_addr, lda, b_addr, koff_addr, c_addr, ldc, acc = args[:8]
         rptr = real.as_pointer()
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
-                                             f"llvm.fma.v{width}f{bits}")
+                                             f"llvm.fma.v{width}{_vname(real)}")
         a0 = builder.inttoptr(a_addr, rptr)
         if row_table:  # ``lda`` is the address of the rows' offsets
             prow = builder.inttoptr(lda, i64.as_pointer())
@@ -105,7 +104,6 @@ def _codegen(real, width, mr, nv, a_table, row_table=False):
         b0 = builder.inttoptr(b_addr, rptr)
         koff = None if row_table else builder.inttoptr(koff_addr, i64.as_pointer())
         zero = ir.Constant(vec, None)
-        splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
         entry = builder.block
         loop = builder.append_basic_block("uk.loop")
         done = builder.append_basic_block("uk.done")
@@ -124,8 +122,7 @@ def _codegen(real, width, mr, nv, a_table, row_table=False):
         new = []
         for i in range(mr):
             s = builder.load(builder.gep(arows[i], [a_index]))
-            splat = builder.insert_element(ir.Constant(vec, ir.Undefined), s, ir.Constant(ir.IntType(32), 0))
-            splat = builder.shuffle_vector(splat, ir.Constant(vec, ir.Undefined), splat_mask)
+            splat = _splat(builder, s, vec)
             for v in range(nv):
                 new.append(builder.call(fma, [splat, bvecs[v], accs[i * nv + v]]))
         t1 = builder.add(t, ir.Constant(i64, 1))
@@ -153,6 +150,18 @@ def _codegen(real, width, mr, nv, a_table, row_table=False):
         return context.get_dummy_value()
 
     return codegen
+
+
+def _splat(builder, value, vec):
+    """The scalar ``value`` in every lane of a vector of type ``vec``."""
+    one = builder.insert_element(ir.Constant(vec, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(one, ir.Constant(vec, ir.Undefined),
+                                  ir.Constant(ir.VectorType(ir.IntType(32), vec.count), [0] * vec.count))
+
+
+def _vname(real):
+    """An LLVM element type's name in intrinsic names (``llvm.fma.v16f32``)."""
+    return "f32" if isinstance(real, ir.FloatType) else "f64"
 
 
 def _real(tag):
@@ -279,16 +288,11 @@ def copy_row(typingctx, dst, src, lo, hi, n, tag):
         d0, s0 = builder.inttoptr(d_addr, rptr), builder.inttoptr(s_addr, rptr)
         iota = ir.Constant(ivec, list(range(width)))
 
-        def splat(value):
-            v = builder.insert_element(ir.Constant(ivec, ir.Undefined), value, ir.Constant(i32, 0))
-            return builder.shuffle_vector(v, ir.Constant(ivec, ir.Undefined), ir.Constant(ir.VectorType(i32, width),
-                                                                                          [0] * width))
-
         def lane(bound, j0):  # ``bound - j0`` clamped to [0, width], as an i32 splat
             v = builder.sub(bound, j0)
             v = builder.select(builder.icmp_signed("<", v, ir.Constant(i64, 0)), ir.Constant(i64, 0), v)
             v = builder.select(builder.icmp_signed(">", v, ir.Constant(i64, width)), ir.Constant(i64, width), v)
-            return splat(builder.trunc(v, i32))
+            return _splat(builder, builder.trunc(v, i32), ivec)
 
         chunks = builder.sdiv(builder.add(n_, ir.Constant(i64, width - 1)), ir.Constant(i64, width))
         align = ir.Constant(i32, 1)
@@ -304,10 +308,6 @@ def copy_row(typingctx, dst, src, lo, hi, n, tag):
         return context.get_dummy_value()
 
     return types.void(*([types.int64] * 5), tag), codegen
-
-
-def _vname(real):
-    return "f32" if isinstance(real, ir.FloatType) else "f64"
 
 
 @intrinsic

@@ -9,9 +9,11 @@ block (the input rows a block reads, phase-split, or its im2col columns on small
 one block result or transposed ``dy`` block, together about ``direct.BLOCK_BYTES`` (1 MiB)
 unless one output row or ``direct.MIN_COLS`` columns need more; backward-weight adds
 ``R*S*C*K`` accumulators (C*R*S and K rounded up to the tile) and backward-data a flipped copy of
-the filter. A forward that goes to :mod:`.klanes` (output channels in the vector lanes) holds a
-transposed copy of the filter (K rounded up to whole vector tiles) and blocks of about
-``klanes.BLOCK_BYTES`` (1 MiB: a zero-padded input copy plus the ``pixels x K`` result).
+the filter. A forward that goes to :mod:`.klanes` (output channels in the vector lanes) holds,
+per kernel thread, one reduction chunk of the transposed filter (``klanes.CHUNK x K``, K
+rounded up to whole vector tiles: 256 KiB for K = 512 in float32), and per block a
+``pixels x K`` result of about ``klanes.BLOCK_BYTES`` (2 MiB) plus, when a tap reads padding,
+a zero-padded copy of the block's input rows.
 A 1x1 stride-1 layer that goes to :mod:`.pointwise` holds a packed copy of the filter (K
 rounded up to the tile) and, per kernel thread, one column block's packed input (384 KiB in
 float32); the output is written in place.
@@ -79,8 +81,9 @@ def conv2d_forward(x, w, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), o
     Notes
     -----
     Internal buffers: see the module docstring. Filters wider than 1x1: a source block and a
-    result block of about 1 MiB together (direct kernels), plus a transposed copy of the filter
-    where the output-channel-lanes kernel runs. 1x1: a packed column block of about
+    result block of about 1 MiB together (direct kernels); where the output-channel-lanes kernel
+    runs, a result block of about 2 MiB, a padded copy of the block's input rows and one
+    chunk of the transposed filter per kernel thread. 1x1: a packed column block of about
     ``T`` elements and a GEMM result of ``K/(C*R*S)`` times that; a stride-1, unpadded 1x1
     layer packs nothing on images of ``drivers.WIDE_MIN_PIXELS`` pixels or more, and on
     smaller ones copies the input into one pixel-major matrix (an input-sized and an

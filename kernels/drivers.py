@@ -136,22 +136,23 @@ def use_direct(R, S):
 
 #: :mod:`.klanes` takes a layer when its estimate is below this fraction of :mod:`.direct`'s.
 #: Neither estimate counts the result's store nor every copy, nor the direct kernel's loads
-#: of B that straddle cache lines (a slab's shifted taps). Measured (one thread, alternating;
-#: estimate ratio -> klanes' speed over direct's), ResNet-50 at batch 8, float32: conv1 0.80
-#: -> 1.41-1.44, res2.3x3 0.97 -> 1.12-1.19, res3.3x3 0.94 -> 1.21, res4.3x3 0.93 -> 1.04-1.17,
-#: the strided 3x3 layers 0.59-0.77 -> 1.39-1.6, res5's 3x3 layers 1.19-1.25 -> 0.83-0.9;
-#: float64 the same signs (1.03-1.36, res5 0.73-0.88); VGG-16 at batch 1: conv1_2 0.99 ->
-#: 1.12, conv3_x 0.97 -> 0.94, conv5_x 1.66 -> 0.66.
-KLANES_MARGIN = 1.0
+#: of B that straddle cache lines (a slab's shifted taps); measured, klanes' estimate runs
+#: about 25% high against direct's. Measured (one thread, alternating; estimate ratio ->
+#: klanes' speed over direct's), ResNet-50 at batch 8, float32: conv1 0.81 -> 1.21, res2.3x3
+#: 0.98 -> 1.03-1.15, res3.3x3 0.94 -> 1.06-1.12, res4.3x3 0.87 -> 1.17, the strided 3x3
+#: layers 0.59-0.98 -> 1.18-1.45, res5.3x3 0.98 -> 1.16; float64 1.01-1.45, res5's 3x3 layers
+#: 1.03 -> 1.32-1.45; VGG-16 at batch 1, float32: conv3_x-conv4_x 0.92-0.97 -> 1.06-1.15,
+#: conv5_x 1.24 -> 0.98; float64 conv4_x 1.09 -> 1.40, conv5_x 1.24 -> 1.37.
+KLANES_MARGIN = 1.3
 
 
-def use_klanes(x_shape, K, P, Q, R, S, sh, sw, dh, dw, top, left, itemsize, plan):
+def use_klanes(x_shape, K, P, Q, R, S, itemsize, plan):
     """Whether a forward convolution wider than 1x1 goes to :mod:`.klanes` (output channels
     in the vector lanes) rather than :func:`.direct.forward`, whose :class:`.direct.Plan` for
     the layer is ``plan`` (``klanes.FORCE`` overrides)."""
     if klanes.FORCE is not None:
         return bool(klanes.FORCE)
-    return klanes.cost(x_shape, K, P, Q, R, S, sh, sw, dh, dw, top, left, itemsize) < KLANES_MARGIN * plan.cost
+    return klanes.cost(x_shape, K, P, Q, R, S, itemsize) < KLANES_MARGIN * plan.cost
 
 
 #: True or False sends every backward-weight wider than 1x1 to (or away from) the direct
@@ -189,7 +190,7 @@ def forward(x, w, P, Q, sh, sw, dh, dw, top, left, out, accumulate):
     if use_direct(R, S):
         item = x.dtype.itemsize
         plan = direct.Plan(x.shape, K, P, Q, R, S, sh, sw, dh, dw, item, direct.FORCE_MODE)
-        if use_klanes(x.shape, K, P, Q, R, S, sh, sw, dh, dw, top, left, item, plan):
+        if use_klanes(x.shape, K, P, Q, R, S, item, plan):
             klanes.forward(x, w, P, Q, sh, sw, dh, dw, top, left, out, accumulate)
         else:
             direct.forward(x, w, P, Q, sh, sw, dh, dw, top, left, out, accumulate, plan=plan)

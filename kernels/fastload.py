@@ -34,7 +34,7 @@ ENTRY_POINTS = {
     "im2col": ("im2col", "col2im"),
     "wide": ("pack_wide", "unpack_wide"),
     "direct": ("pack_slab", "pack_cols", "stripes", "unblock", "pack_dyt", "weight_tiles", "store_weight"),
-    "klanes": ("transpose_filter", "tiles", "store"),
+    "klanes": ("tiles", "store"),
     "pointwise": ("pack_filter", "column_blocks"),
 }
 

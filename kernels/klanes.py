@@ -4,23 +4,30 @@ The GEMM of :mod:`.direct` turned over: ``res[pixel, k] = sum_t A[pixel, t] * B[
 tile of the micro-kernel (:data:`~.ukernel.microkernel_px`) is ``MR_K`` output pixels by
 ``NV_K`` vectors of output channels: each step broadcasts one input element per pixel, from
 an address of its own (``prow[i] + aoff[t]``), and loads ``NV_K`` vectors of the transposed
-filter ``B = wt[t, k]``. Pixels can sit anywhere in the source, so there are no junk columns
+filter ``B = w[k, t]``. Pixels can sit anywhere in the source, so there are no junk columns
 (:mod:`.direct` computes ``(dw*(S-1))//sw`` of them per output row, 23-40% of the work on
 7x7 and 14x14 images) and no stride phases: the source is the input read in place when no
 tap reaches outside it, else a zero-padded copy of the block (whole-row copies, also for
 strided layers).
 
-The price is the transposed filter, ``K*C*R*S`` elements copied per call, and a transposed
-store of the result (:func:`store`); both move square tiles through vector registers
-(:data:`~.ukernel.transpose_tile`). The filter's copy still runs at only 1.3-2.4 GB/s on
-ResNet-50's largest filters (it is 18% of the call on 7x7 images), so about 200
-multiply-adds' time per element is budgeted; the store is 3-7% of the 3x3 layers' time
-(conv1, with 64 channels of 112x112 pixels to write, 21%). :func:`cost` puts the
-transposition next to the GEMM so that the drivers can compare it with :class:`.direct.Plan`'s
-estimate (measurements at :data:`.drivers.KLANES_MARGIN`).
+The price is the transposed filter. :func:`tiles` transposes it one reduction chunk at a
+time, just before the chunk's tiles use it, into *panels*: the chunk's ``CHUNK x NV_K*lanes``
+block of each channel tile, contiguous (:data:`~.ukernel.transpose_tile` moves square tiles
+through vector registers). So the filter is read once per block and the transposed chunk
+never leaves the caches; a panel holds the B operand of every pixel tile in L1. (A whole
+transposed filter of row pitch ``K``, the earlier layout, put a panel's rows 1-2 KiB apart
+on a few L1 sets when ``K`` is 256 or 512, and its copy through memory cost 18% of the call
+on 7x7 images.) Blocks are large (``BLOCK_BYTES``) because each one transposes the filter
+again; the result is transposed back to NCHW by :func:`store` (3-7% of the 3x3 layers'
+time; conv1, with 64 channels of 112x112 pixels to write, 21%). :func:`cost` puts the
+transpositions next to the GEMM so that the drivers can compare it with
+:class:`.direct.Plan`'s estimate (measurements at :data:`.drivers.KLANES_MARGIN`).
 
-Memory per call: the transposed filter (``C*R*S x K``, K rounded up to ``NV_K`` vectors),
-and per block (about ``BLOCK_BYTES``) a padded source copy and the ``pixels x K`` result.
+Memory per call: per kernel thread, one chunk's panels (``CHUNK x K`` elements, K rounded up
+to ``NV_K`` vectors: 256 KiB for K = 512 in float32), and per block the ``pixels x K``
+result (about ``BLOCK_BYTES``) and, when some tap reads padding, a zero-padded copy of the
+block's input rows (``C`` channels of ``(rows*sh + (R-1)*dh) x ((Q-1)*sw + (S-1)*dw + 1)``
+elements per image).
 """
 
 import numpy as np
@@ -28,14 +35,18 @@ from numba import njit
 
 from . import threads
 from .direct import _odd_lines, _up, pack_slab, transpose
-from .ukernel import MR_K, NV_K, VBYTES, lanes, microkernel_px
+from .ukernel import MR_K, NV_K, VBYTES, keep_alive, lanes, microkernel_px
 
-#: Padded source plus result of one block, aimed at the L2 cache.
-BLOCK_BYTES = 1 << 20
-#: Reduction steps per micro-kernel call: one call's filter vectors stay in L1.
+#: Result of one block: every chunk's tiles add into all of it, so it is sized for L2. Each
+#: block transposes the filter again, so blocks are no smaller.
+BLOCK_BYTES = 1 << 21
+#: Reduction steps per micro-kernel call: a panel (CHUNK x NV_K vectors) stays in L1.
 CHUNK = 128
-#: Cost of transposing one filter element, in multiply-adds of the GEMM (:func:`cost`).
-TRANSPOSE_MADDS = 200
+#: Cost of transposing one filter element in :func:`tiles`, in multiply-adds of the GEMM
+#: (:func:`cost`). Measured on its own, one thread: 0.45 ns per element from cache, 1.1 ns
+#: (float32) to 1.4 ns (float64) from memory (ResNet-50's largest filter, 512 x 4608), where
+#: a float32 multiply-add takes about 0.008 ns.
+TRANSPOSE_MADDS = 100
 #: True or False forces this path for every layer wider than 1x1 (tests); None: :func:`cost`.
 FORCE = None
 
@@ -52,62 +63,64 @@ def _in_place(x_shape, P, Q, R, S, sh, sw, dh, dw, top, left):
             and (Q - 1) * sw + (S - 1) * dw - left < W)
 
 
-def blocks(x_shape, K, P, Q, R, S, sh, sw, dh, dw, itemsize, in_place):
-    """``(n0, n1, p0, p1)`` blocks of about ``BLOCK_BYTES`` (source copy plus result): several
-    whole images, else bands of output rows of one image."""
-    N, C = x_shape[0], x_shape[1]
-    Kp = k_pitch(K, itemsize)
-    Wp = (Q - 1) * sw + (S - 1) * dw + 1
-    src_row = 0 if in_place else C * sh * Wp
-    per_image = ((0 if in_place else C * ((P - 1) * sh + (R - 1) * dh + 1) * Wp) + P * Q * Kp) * itemsize
-    if per_image <= BLOCK_BYTES:
-        nb = max(1, min(N, BLOCK_BYTES // max(per_image, 1)))
+def blocks(N, K, P, Q, itemsize):
+    """``(n0, n1, p0, p1)`` blocks whose ``pixels x K`` result holds about ``BLOCK_BYTES``:
+    several whole images, else bands of output rows of one image. (A chunk's tiles read only
+    the chunk's channels of the source, so its copy need not fit in a cache.)"""
+    row = Q * k_pitch(K, itemsize) * itemsize
+    if P * row <= BLOCK_BYTES:
+        nb = max(1, min(N, BLOCK_BYTES // max(P * row, 1)))
         nblk = -(-N // nb)
         nb = -(-N // nblk)
         return [(n0, min(N, n0 + nb), 0, P) for n0 in range(0, N, nb)]
-    rows = max(1, min(P, BLOCK_BYTES // max((src_row + Q * Kp) * itemsize, 1)))
+    rows = max(1, min(P, BLOCK_BYTES // max(row, 1)))
     nband = -(-P // rows)
     rows = -(-P // nband)
     return [(n, n + 1, p0, min(P, p0 + rows)) for n in range(N) for p0 in range(0, P, rows)]
 
 
-def cost(x_shape, K, P, Q, R, S, sh, sw, dh, dw, top, left, itemsize):
+def cost(x_shape, K, P, Q, R, S, itemsize):
     """Estimated multiply-adds of :func:`forward`: the GEMM over pixel tiles (K rounded up to
-    tiles of output channels) plus the filter's transposition."""
+    tiles of output channels) plus the filter's transposition, once per block."""
     C = x_shape[1]
     kred = C * R * S
-    in_place = _in_place(x_shape, P, Q, R, S, sh, sw, dh, dw, top, left)
-    total = 0
-    for n0, n1, p0, p1 in blocks(x_shape, K, P, Q, R, S, sh, sw, dh, dw, itemsize, in_place):
-        total += _up((n1 - n0) * (p1 - p0) * Q, MR_K)
-    return total * k_pitch(K, itemsize) * kred + K * kred * TRANSPOSE_MADDS
+    pixels = nblocks = 0
+    for n0, n1, p0, p1 in blocks(x_shape[0], K, P, Q, itemsize):
+        pixels += _up((n1 - n0) * (p1 - p0) * Q, MR_K)
+        nblocks += 1
+    return (pixels * k_pitch(K, itemsize) + nblocks * K * TRANSPOSE_MADDS) * kred
 
 
 @njit(cache=True, nogil=True)
-def transpose_filter(k0, k1, wm, kred, wt, Kp):
-    """``wt[t*Kp + k] = wm[k*kred + t]`` for output channels ``k0:k1``."""
-    transpose(wm, 0, kred, wt, 0, Kp, 0, kred, k0, k1, 0, False)
-
-
-@njit(cache=True, nogil=True)
-def tiles(i0, i1, src, poff, aoff, wt, Kp, res):
-    """``res[p*Kp + k] = sum_t src[poff[p] + aoff[t]] * wt[t*Kp + k]`` for the pixels of tiles
-    ``i0:i1`` (``MR_K`` pixels each; ``poff`` is padded to whole tiles) and all ``Kp``
-    channels."""
+def tiles(u0, u1, by_channel, ntiles, nkt, src, poff, aoff, wm, K, Kp, chunk, res):
+    """``res[p*Kp + k] = sum_t src[poff[p] + aoff[t]] * w[k, t]`` (``wm`` is the (K, C*R*S)
+    filter, flat) for work units ``u0:u1``: channel tiles (``NV_K`` vectors each) over all
+    ``ntiles`` pixel tiles when ``by_channel``, else pixel tiles (``MR_K`` pixels each;
+    ``poff`` is padded to whole tiles) over all ``nkt`` channel tiles. Channels from ``K`` to
+    ``Kp`` get zeros."""
     kred = aoff.shape[0]
     item = src.itemsize
     nk = NV_K * (VBYTES // item)
+    kt0, kt1, it0, it1 = (u0, u1, 0, ntiles) if by_channel else (0, nkt, u0, u1)
+    # Panels of channels past K keep these zeros: the transposition writes only k < K.
+    panels = np.zeros(chunk * (kt1 - kt0) * nk, src.dtype)
     # Data addresses taken once (see :func:`.direct.stripes`).
-    s0, p0, a0, w0, r0 = src.ctypes.data, poff.ctypes.data, aoff.ctypes.data, wt.ctypes.data, res.ctypes.data
+    s0, p0, a0, b0, r0 = src.ctypes.data, poff.ctypes.data, aoff.ctypes.data, panels.ctypes.data, res.ctypes.data
     tag = np.empty(0, src.dtype)
-    # Chunk and channel tile outermost: their filter vectors (CHUNK x nk) stay in L1 while
-    # every pixel tile passes over them.
-    for t0 in range(0, kred, CHUNK):
-        steps = min(CHUNK, kred - t0)
-        for kt in range(0, Kp, nk):
-            for it in range(i0, i1):
-                microkernel_px(steps, s0, p0 + it * MR_K * 8, a0 + t0 * 8, w0 + (t0 * Kp + kt) * item, Kp,
-                               r0 + (it * MR_K * Kp + kt) * item, Kp, 1 if t0 > 0 else 0, tag)
+    for t0 in range(0, kred, chunk):
+        steps = min(chunk, kred - t0)
+        # Panel of channel tile kt: panels[(kt - kt0)*steps*nk + t*nk + (k - kt*nk)] = w[k, t0 + t].
+        for kt in range(kt0, kt1):
+            k_lo = kt * nk
+            transpose(wm, t0, kred, panels, (kt - kt0) * steps * nk - k_lo, nk, 0, steps, k_lo,
+                      min(K, k_lo + nk), 0, False)
+        # Channel tile outermost: its panel stays in L1 while every pixel tile passes over it.
+        for kt in range(kt0, kt1):
+            b_addr = b0 + (kt - kt0) * steps * nk * item
+            for it in range(it0, it1):
+                microkernel_px(steps, s0, p0 + it * MR_K * 8, a0 + t0 * 8, b_addr, nk,
+                               r0 + (it * MR_K * Kp + kt * nk) * item, Kp, 1 if t0 > 0 else 0, tag)
+    keep_alive((panels,))
 
 
 @njit(cache=True, nogil=True)
@@ -139,14 +152,13 @@ def forward(x, w, P, Q, sh, sw, dh, dw, top, left, out, accumulate):
     item = x.dtype.itemsize
     kred = C * R * S
     Kp = k_pitch(K, item)
-    wt = np.zeros(kred * Kp, x.dtype)
-    threads.run_range(transpose_filter, K, w.reshape(-1), kred, wt, Kp)
+    nkt = Kp // (NV_K * lanes(item))
     in_place = _in_place(x.shape, P, Q, R, S, sh, sw, dh, dw, top, left)
     Wp = (Q - 1) * sw + (S - 1) * dw + 1
     flat_out = out.reshape(-1)
     res = src = None
     offsets = (None, None)
-    for n0, n1, p0, p1 in blocks(x.shape, K, P, Q, R, S, sh, sw, dh, dw, item, in_place):
+    for n0, n1, p0, p1 in blocks(N, K, P, Q, item):
         nb, rows = n1 - n0, p1 - p0
         if in_place:
             source, base = x.reshape(-1), ((n0 * C * H) + p0 * sh - top) * W - left
@@ -169,7 +181,12 @@ def forward(x, w, P, Q, sh, sw, dh, dw, top, left, out, accumulate):
             poff = poff + base
         if res is None:
             res = np.empty(poff.size * Kp, x.dtype)
-        threads.run_range(tiles, poff.size // MR_K, source, poff, aoff, wt, Kp, res)
+        # Threads split the channel tiles when there are enough (each transposes only its own
+        # panels), else the pixel tiles (each transposes every panel: a small filter).
+        ntiles = poff.size // MR_K
+        by_channel = nkt >= min(threads.count(), ntiles)
+        threads.run_range(tiles, nkt if by_channel else ntiles, by_channel, ntiles, nkt, source, poff, aoff,
+                          w.reshape(-1), K, Kp, CHUNK, res)
         threads.run_range(store, K, res, Kp, flat_out, K, P, Q, n0, nb, p0, rows, 1 if accumulate else 0)
 
 

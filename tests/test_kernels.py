@@ -278,6 +278,7 @@ def test_direct_kernels_on_several_threads(mode, monkeypatch):
         pytest.skip("Numba allows one thread here (NUMBA_NUM_THREADS=1)")
     cases = ("bands", "primes", "stride2", "tiny-images")
     if mode == "klanes":
+        cases += ("K-tails",)  # several channel tiles: threads split them, not the pixel tiles
         monkeypatch.setattr(klanes, "FORCE", True)
         monkeypatch.setattr(klanes, "BLOCK_BYTES", 1 << 14)
     elif mode == "pointwise":
@@ -349,18 +350,24 @@ def test_adjoint():
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_transposes_exact(dtype):
-    """klanes' filter transposition and result store: tiles in registers plus ragged edges,
-    over thread-like channel ranges that start off a tile boundary; a pure copy, so exact."""
+    """klanes' filter panels (as :func:`klanes.tiles` lays them out: one chunk of each channel
+    tile contiguous, the destination offset negative) and result store: tiles in registers plus
+    ragged edges, over thread-like channel ranges that start off a tile boundary; a pure copy,
+    so exact."""
     rng = np.random.default_rng(13)
     lanes = ukernel.lanes(np.dtype(dtype).itemsize)
-    for K, kred in ((2 * lanes + 3, 3 * lanes + 5), (lanes, lanes), (5, 7)):
+    nk = ukernel.NV_K * lanes
+    for K, kred, t0, steps in ((2 * nk + 3, 3 * lanes + 5, lanes + 1, 2 * lanes + 3), (nk, lanes, 0, lanes),
+                               (5, 7, 2, 4)):
         wm = rng.standard_normal(K * kred).astype(dtype)
-        Kp = K + 3
-        wt = np.full(kred * Kp, 7, dtype)
-        for k0, k1 in ((0, 1), (1, K // 2 + 1), (K // 2 + 1, K)):
-            klanes.transpose_filter(k0, k1, wm, kred, wt, Kp)
-        got = wt.reshape(kred, Kp)
-        np.testing.assert_array_equal(got[:, :K], wm.reshape(K, kred).T)
+        nkt = -(-K // nk)
+        panels = np.full(nkt * steps * nk, 7, dtype)
+        for kt in range(nkt):
+            k_lo = kt * nk
+            direct.transpose(wm, t0, kred, panels, kt * steps * nk - k_lo, nk, 0, steps, k_lo, min(K, k_lo + nk),
+                             0, False)
+        got = panels.reshape(nkt, steps, nk).transpose(1, 0, 2).reshape(steps, nkt * nk)
+        np.testing.assert_array_equal(got[:, :K], wm.reshape(K, kred)[:, t0:t0 + steps].T)
         assert np.all(got[:, K:] == 7)
     N, K, P, Q, rows, p0, n0, nb = 3, 2 * lanes + 5, 7, lanes + 3, 4, 2, 1, 2
     Kp = K + 1
@@ -390,7 +397,7 @@ def test_warmup_then_no_compilation():
     kernels.warmup(("float32", "float64"))
     jitted = (im2col.im2col, im2col.col2im, wide.pack_wide, wide.unpack_wide, direct.pack_slab,
               direct.pack_cols, direct.stripes, direct.unblock, direct.pack_dyt, direct.weight_tiles,
-              direct.store_weight, klanes.transpose_filter, klanes.tiles, klanes.store,
+              direct.store_weight, klanes.tiles, klanes.store,
               pointwise.pack_filter, pointwise.column_blocks)
     assert set(jitted) == set(fastload._dispatchers())
     # Each entry point is ready for both dtypes: compiled or loaded by Numba (its signatures),

@@ -13,7 +13,7 @@ strided layers).
 The price is the transposed filter. :func:`tiles` transposes it one reduction chunk at a
 time, just before the chunk's tiles use it, into *panels*: the chunk's ``CHUNK x NV_K*lanes``
 block of each channel tile, contiguous (:data:`~.ukernel.transpose_tile` moves square tiles
-through vector registers). So the filter is read once per block and the transposed chunk
+through vector registers; :func:`fill_panels`). So the filter is read once per block and the transposed chunk
 never leaves the caches; a panel holds the B operand of every pixel tile in L1. (A whole
 transposed filter of row pitch ``K``, the earlier layout, put a panel's rows 1-2 KiB apart
 on a few L1 sets when ``K`` is 256 or 512, and its copy through memory cost 18% of the call
@@ -92,6 +92,18 @@ def cost(x_shape, K, P, Q, R, S, itemsize):
 
 
 @njit(cache=True, nogil=True)
+def fill_panels(t0, steps, kt0, kt1, wm, kred, K, panels):
+    """Chunk ``t0:t0+steps`` of the (K, kred) filter ``wm`` (flat), transposed, for channel tiles
+    ``kt0:kt1`` (``nk = NV_K*lanes`` channels each): ``panels[((kt - kt0)*steps + t)*nk + j] =
+    w[kt*nk + j, t0 + t]`` for channels below ``K``; the rest of ``panels`` is left as it is."""
+    nk = NV_K * (VBYTES // wm.itemsize)
+    for kt in range(kt0, kt1):
+        k_lo = kt * nk
+        transpose(wm, t0, kred, panels, (kt - kt0) * steps * nk - k_lo, nk, 0, steps, k_lo, min(K, k_lo + nk),
+                  0, False)
+
+
+@njit(cache=True, nogil=True)
 def tiles(u0, u1, by_channel, ntiles, nkt, src, poff, aoff, wm, K, Kp, chunk, res):
     """``res[p*Kp + k] = sum_t src[poff[p] + aoff[t]] * w[k, t]`` (``wm`` is the (K, C*R*S)
     filter, flat) for work units ``u0:u1``: channel tiles (``NV_K`` vectors each) over all
@@ -109,11 +121,7 @@ def tiles(u0, u1, by_channel, ntiles, nkt, src, poff, aoff, wm, K, Kp, chunk, re
     tag = np.empty(0, src.dtype)
     for t0 in range(0, kred, chunk):
         steps = min(chunk, kred - t0)
-        # Panel of channel tile kt: panels[(kt - kt0)*steps*nk + t*nk + (k - kt*nk)] = w[k, t0 + t].
-        for kt in range(kt0, kt1):
-            k_lo = kt * nk
-            transpose(wm, t0, kred, panels, (kt - kt0) * steps * nk - k_lo, nk, 0, steps, k_lo,
-                      min(K, k_lo + nk), 0, False)
+        fill_panels(t0, steps, kt0, kt1, wm, kred, K, panels)
         # Channel tile outermost: its panel stays in L1 while every pixel tile passes over it.
         for kt in range(kt0, kt1):
             b_addr = b0 + (kt - kt0) * steps * nk * item

@@ -350,25 +350,22 @@ def test_adjoint():
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_transposes_exact(dtype):
-    """klanes' filter panels (as :func:`klanes.tiles` lays them out: one chunk of each channel
-    tile contiguous, the destination offset negative) and result store: tiles in registers plus
-    ragged edges, over thread-like channel ranges that start off a tile boundary; a pure copy,
-    so exact."""
+    """klanes' filter panels (:func:`klanes.fill_panels`: one chunk of each channel tile
+    contiguous, channel tiles from the second on, as a thread's share) and result store (over
+    thread-like channel ranges that start off a tile boundary): tiles in registers plus ragged
+    edges; a pure copy, so exact."""
     rng = np.random.default_rng(13)
     lanes = ukernel.lanes(np.dtype(dtype).itemsize)
     nk = ukernel.NV_K * lanes
-    for K, kred, t0, steps in ((2 * nk + 3, 3 * lanes + 5, lanes + 1, 2 * lanes + 3), (nk, lanes, 0, lanes),
-                               (5, 7, 2, 4)):
+    for K, kred, t0, steps in ((3 * nk + 3, 3 * lanes + 5, lanes + 1, 2 * lanes + 3), (2 * nk, lanes, 0, lanes),
+                               (nk + 5, 7, 2, 4)):
         wm = rng.standard_normal(K * kred).astype(dtype)
         nkt = -(-K // nk)
-        panels = np.full(nkt * steps * nk, 7, dtype)
-        for kt in range(nkt):
-            k_lo = kt * nk
-            direct.transpose(wm, t0, kred, panels, kt * steps * nk - k_lo, nk, 0, steps, k_lo, min(K, k_lo + nk),
-                             0, False)
-        got = panels.reshape(nkt, steps, nk).transpose(1, 0, 2).reshape(steps, nkt * nk)
-        np.testing.assert_array_equal(got[:, :K], wm.reshape(K, kred)[:, t0:t0 + steps].T)
-        assert np.all(got[:, K:] == 7)
+        panels = np.full((nkt - 1) * steps * nk, 7, dtype)
+        klanes.fill_panels(t0, steps, 1, nkt, wm, kred, K, panels)
+        got = panels.reshape(nkt - 1, steps, nk).transpose(1, 0, 2).reshape(steps, (nkt - 1) * nk)
+        np.testing.assert_array_equal(got[:, :K - nk], wm.reshape(K, kred)[nk:, t0:t0 + steps].T)
+        assert np.all(got[:, K - nk:] == 7)
     N, K, P, Q, rows, p0, n0, nb = 3, 2 * lanes + 5, 7, lanes + 3, 4, 2, 1, 2
     Kp = K + 1
     res = rng.standard_normal(nb * rows * Q * Kp).astype(dtype)

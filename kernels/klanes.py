@@ -12,9 +12,9 @@ strided layers).
 
 The price is the transposed filter. :func:`tiles` transposes it one reduction chunk at a
 time, just before the chunk's tiles use it, into *panels*: the chunk's ``CHUNK x NV_K*lanes``
-block of each channel tile, contiguous (:data:`~.ukernel.transpose_tile` moves square tiles
-through vector registers; :func:`fill_panels`). So the filter is read once per block and the transposed chunk
-never leaves the caches; a panel holds the B operand of every pixel tile in L1. (A whole
+block of each channel tile, contiguous (:func:`fill_panels`; :data:`~.ukernel.transpose_tile`
+moves square tiles through vector registers). So the filter is read once per block and the
+transposed chunk never leaves the caches; a panel holds the B operand of every pixel tile in L1. (A whole
 transposed filter of row pitch ``K``, the earlier layout, put a panel's rows 1-2 KiB apart
 on a few L1 sets when ``K`` is 256 or 512, and its copy through memory cost 18% of the call
 on 7x7 images.) Blocks are large (``BLOCK_BYTES``) because each one transposes the filter
@@ -26,7 +26,7 @@ transpositions next to the GEMM so that the drivers can compare it with
 Memory per call: per kernel thread, one chunk's panels (``CHUNK x K`` elements, K rounded up
 to ``NV_K`` vectors: 256 KiB for K = 512 in float32), and per block the ``pixels x K``
 result (about ``BLOCK_BYTES``) and, when some tap reads padding, a zero-padded copy of the
-block's input rows (``C`` channels of ``(rows*sh + (R-1)*dh) x ((Q-1)*sw + (S-1)*dw + 1)``
+block's input rows (``C`` channels of ``((rows-1)*sh + (R-1)*dh + 1) x ((Q-1)*sw + (S-1)*dw + 1)``
 elements per image).
 """
 
@@ -52,7 +52,7 @@ FORCE = None
 
 
 def k_pitch(K, itemsize):
-    """The transposed filter's row pitch: ``K`` rounded up to whole tiles of output channels."""
+    """The block result's row pitch: ``K`` rounded up to whole tiles of output channels."""
     return _up(max(K, 1), NV_K * lanes(itemsize))
 
 

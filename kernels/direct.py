@@ -495,10 +495,11 @@ def transpose(src, s0, lds, dst, d0, ldd, a0, a1, b0, b1, accumulate, dst_rows_o
     """``dst[d0 + a*ldd + b] (+)= src[s0 + b*lds + a]`` for ``a0 <= a < a1, b0 <= b < b1``:
     square tiles transposed in registers (:data:`~.ukernel.transpose_tile`), then the ragged
     edges element by element. Tiles go a band of ``lanes`` destination rows at a time when
-    ``dst_rows_outer``, else of source rows: :mod:`.klanes`' copy of the filter and
-    :func:`pack_dyt` measured fastest by source rows (each source line read once, in order:
-    1.3-2.4 GB/s on ResNet-50's largest filters, against 0.7-1.9 element by element; conv1's
-    ``dy`` 1.4x faster than by destination rows), klanes' store of the result by destination
+    ``dst_rows_outer``, else of source rows: :mod:`.klanes`' filter panels
+    (:func:`.klanes.fill_panels`) and :func:`pack_dyt` measured fastest by source rows (each
+    source line read once, in order: a whole-filter copy of ResNet-50's largest filters ran at
+    1.3-2.4 GB/s, against 0.7-1.9 element by element; conv1's ``dy`` 1.4x faster than by
+    destination rows), klanes' store of the result by destination
     rows (by source rows, ResNet-50's res2 and res3 3x3 calls ran 2-17% slower, measured
     alternating)."""
     item = src.itemsize

@@ -104,15 +104,16 @@ def fill_panels(t0, steps, kt0, kt1, wm, kred, K, panels):
 
 
 @njit(cache=True, nogil=True)
-def tiles(u0, u1, by_channel, ntiles, nkt, src, poff, aoff, wm, K, Kp, chunk, res):
+def tiles(u0, u1, by_channel, ntiles, nkt, src, poff, aoff, wm, K, chunk, res):
     """``res[p*Kp + k] = sum_t src[poff[p] + aoff[t]] * w[k, t]`` (``wm`` is the (K, C*R*S)
     filter, flat) for work units ``u0:u1``: channel tiles (``NV_K`` vectors each) over all
     ``ntiles`` pixel tiles when ``by_channel``, else pixel tiles (``MR_K`` pixels each;
     ``poff`` is padded to whole tiles) over all ``nkt`` channel tiles. Channels from ``K`` to
-    ``Kp`` get zeros."""
+    ``Kp = nkt*NV_K*lanes`` (the row pitch of ``res``) get zeros."""
     kred = aoff.shape[0]
     item = src.itemsize
     nk = NV_K * (VBYTES // item)
+    Kp = nkt * nk
     kt0, kt1, it0, it1 = (u0, u1, 0, ntiles) if by_channel else (0, nkt, u0, u1)
     # Panels of channels past K keep these zeros: the transposition writes only k < K.
     panels = np.zeros(chunk * (kt1 - kt0) * nk, src.dtype)
@@ -158,9 +159,9 @@ def forward(x, w, P, Q, sh, sw, dh, dw, top, left, out, accumulate):
     N, C, H, W = x.shape
     K, _, R, S = w.shape
     item = x.dtype.itemsize
-    kred = C * R * S
     Kp = k_pitch(K, item)
     nkt = Kp // (NV_K * lanes(item))
+    wm = w.reshape(-1)
     in_place = _in_place(x.shape, P, Q, R, S, sh, sw, dh, dw, top, left)
     Wp = (Q - 1) * sw + (S - 1) * dw + 1
     flat_out = out.reshape(-1)
@@ -193,8 +194,8 @@ def forward(x, w, P, Q, sh, sw, dh, dw, top, left, out, accumulate):
         # panels), else the pixel tiles (each transposes every panel: a small filter).
         ntiles = poff.size // MR_K
         by_channel = nkt >= min(threads.count(), ntiles)
-        threads.run_range(tiles, nkt if by_channel else ntiles, by_channel, ntiles, nkt, source, poff, aoff,
-                          w.reshape(-1), K, Kp, CHUNK, res)
+        threads.run_range(tiles, nkt if by_channel else ntiles, by_channel, ntiles, nkt, source, poff, aoff, wm,
+                          K, CHUNK, res)
         threads.run_range(store, K, res, Kp, flat_out, K, P, Q, n0, nb, p0, rows, 1 if accumulate else 0)
 
 

@@ -1,6 +1,7 @@
 """Block drivers: the choice between the direct kernels of :mod:`.direct` and :mod:`.klanes`
 (filters wider than 1x1; :func:`use_direct`, :func:`use_klanes`, :func:`use_direct_weight`),
-the blocked GEMM of :mod:`.pointwise` (some 1x1 stride-1 layers; :func:`.pointwise.use`)
+the blocked GEMMs of :mod:`.pointwise` (1x1 stride-1 layers: some forwards,
+:func:`.pointwise.use`; most backward-weights, :func:`.pointwise.use_weight`)
 and, for the rest, Numba packing of a block of output pixels consumed by one numpy/BLAS GEMM.
 
 Arguments here are already checked: C-contiguous, aligned, writeable 4-D arrays of one dtype
@@ -313,8 +314,11 @@ def backward_weight(x, dy, R, S, sh, sw, dh, dw, top, left, dwt, accumulate):
             else:
                 np.add(dwm, a @ b, out=dwm)
 
-        if (R == S == 1 and sh == sw == 1 and top == left == 0 and (P, Q) == (H, W)
-                and P * Q >= WIDE_MIN_PIXELS):
+        pointwise_layer = R == S == 1 and sh == sw == 1 and top == left == 0 and (P, Q) == (H, W)
+        if pointwise_layer and P * Q and pw.use_weight(C, K):
+            pw.backward_weight(x.reshape(N, C, P * Q), dy.reshape(N, K, P * Q), dwm, accumulate)
+            fresh = False
+        elif pointwise_layer and P * Q >= WIDE_MIN_PIXELS:
             # Pointwise on large images: one GEMM per image, x and dy read in place (blocks
             # of images would first copy dy into pixel-major order).
             xm, dym = x.reshape(N, C, P * Q), dy.reshape(N, K, P * Q)

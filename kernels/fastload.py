@@ -35,7 +35,7 @@ ENTRY_POINTS = {
     "wide": ("pack_wide", "unpack_wide"),
     "direct": ("pack_slab", "pack_cols", "stripes", "unblock", "pack_dyt", "weight_tiles", "store_weight"),
     "klanes": ("tiles", "store"),
-    "pointwise": ("pack_filter", "column_blocks"),
+    "pointwise": ("pack_filter", "column_blocks", "weight_tiles"),
 }
 
 _loaded = {}

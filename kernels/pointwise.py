@@ -1,5 +1,8 @@
-"""Pointwise (1x1, stride 1) forward as a blocked GEMM on the micro-kernel of :mod:`.ukernel`.
+"""Pointwise (1x1, stride 1) forward and backward-weight as blocked GEMMs on the micro-kernels
+of :mod:`.ukernel`.
 
+Forward
+-------
 ``out[n] = W @ x[n]`` for a (K, C) filter: the GEMM's columns are the ``N*H*W`` pixels of
 all images in one column space, its reduction the ``C`` channels. The loops are BLIS's:
 
@@ -25,6 +28,36 @@ OpenBLAS: ResNet-50's res2.1x1a' (C = 256, K = 64, 56x56) 1.36-1.55x, res3.1x1a 
 Memory per call: the packed filter (``K`` rounded up to ``MR``, times ``C``); per thread a
 column block's panels (``KC * NSTRIPES * tile_cols`` elements, 384 KiB in float32) and a tile.
 Nothing else moves: ``x`` and ``out`` are read and written in place.
+
+Backward-weight
+---------------
+``dW[k, c] = sum over pixels of dy[n, k, p] * x[n, c, p]`` (:func:`backward_weight`): both
+operands hold the reduction (pixels) along their rows, so one of them must be transposed for
+an outer-product tile. The tile is :data:`~.ukernel.microkernel_px`'s ``MR_K`` output
+channels by ``NV_K`` vectors of input channels (a *stripe*: 64 channels in float32, 32 in
+float64, so ResNet's channel counts fill whole stripes):
+
+* the reduction runs in chunks of up to ``WEIGHT_CHUNK`` pixels of all images in one pixel
+  space (a chunk crosses images freely: 7x7 images need no per-image calls);
+* per chunk and stripe, the stripe's input rows are transposed into one pixel-major panel
+  (square register transposes of ``lanes x lanes``, :func:`~.ukernel.transpose_tile`), so
+  ``x`` is read once;
+* ``dy`` is read in place: ``MR_K`` rows broadcast step by step, each step's pixel offset
+  from a table (the image changes inside a chunk), rows past ``K`` clamped to the last;
+* a tile's ``MR_K x NV_K`` sums stay in registers for a whole chunk, then are added into
+  ``dW`` (prefetched one tile ahead); edge tiles go through a tile buffer.
+
+Transposing ``x`` keeps ``dW`` in its own layout; transposing ``dy`` instead (and ``dW`` at
+the end) measured 0.75-1.15x of this, with no rule that picked the winners. Measured on
+ResNet-50's stride-1 1x1 layers (one thread, batch 8, alternating, against numpy's OpenBLAS
+on the same call): float32 0.97-1.35x (res4.1x1b, K = 1024 on 14x14 images, even), float64
+1.0-1.57x; the larger gains where images are large (OpenBLAS ran one GEMM per image) or
+``C`` is small. Chunks of 128-512 pixels were within this machine's noise of 1024 or slower
+(``K = 64``: 0.6-0.9x), also where ``K`` is large and a chunk of ``dy`` outgrows L2.
+
+Memory per call, backward-weight: per thread one panel (``WEIGHT_CHUNK x NV_K*lanes``
+elements, 256 KiB) and a chunk's offset table; ``x``, ``dy`` and ``dW`` are read and written
+in place.
 """
 
 import numpy as np
@@ -32,8 +65,8 @@ from numba import njit
 
 from . import threads
 from .direct import _up
-from .ukernel import (MR, NV, VBYTES, copy_tile_row, keep_alive, lanes, microkernel_at, prefetch_read,
-                      prefetch_write, tile_cols)
+from .ukernel import (MR, MR_K, NV, NV_K, VBYTES, copy_tile_row, keep_alive, lanes, microkernel_at,
+                      microkernel_px, prefetch_read, prefetch_write, tile_cols, transpose_tile)
 
 #: Channels per reduction chunk (a micro-panel: KC x tile_cols, in L1 during its row tiles).
 KC = 256
@@ -47,6 +80,14 @@ MIN_PIXELS = 2048
 MIN_C_PER_K = 2
 #: True or False forces this path for every pointwise layer (tests); None: :func:`use`.
 FORCE = None
+#: Backward-weight: pixels per reduction chunk (its panel stays in L2, a tile's sums in
+#: registers for the whole chunk).
+WEIGHT_CHUNK = 1024
+#: :func:`use_weight` takes layers with at least this many input and output channels (the
+#: measured range: ResNet-50's 64-2048) ...
+WEIGHT_MIN_CHANNELS = 64
+#: ... or every layer (True), or none (False): for tests. None: :func:`use_weight`.
+FORCE_WEIGHT = None
 
 
 def use(C, K, pixels, itemsize):
@@ -175,6 +216,102 @@ def forward(xm, wm, om, accumulate):
     threads.run_range(column_blocks, nblocks, xm, apack, K, kc, NSTRIPES, krows, om, 1 if accumulate else 0)
 
 
+def use_weight(C, K):
+    """Whether a pointwise backward-weight goes here (else to BLAS)."""
+    if FORCE_WEIGHT is not None:
+        return bool(FORCE_WEIGHT)
+    return min(C, K) >= WEIGHT_MIN_CHANNELS
+
+
+@njit(cache=True, nogil=True)
+def weight_tiles(u0, u1, by_stripe, nstripes, ntiles, xm, dym, chunk, dwm, accumulate):
+    """``dwm[k, c] (+)= sum_{n, p} dym[n, k, p] * xm[n, c, p]`` for the stripes ``u0:u1`` and
+    every row tile (``by_stripe``), or every stripe and the row tiles ``u0:u1``; chunks of
+    ``chunk`` pixels. ``nstripes``: channel stripes (``NV_K*lanes`` channels each), ``ntiles``:
+    row tiles (``MR_K`` output channels each)."""
+    N, C, L = xm.shape
+    K = dym.shape[1]
+    item = xm.itemsize
+    width = VBYTES // item
+    nr = NV_K * width
+    s0, s1 = (u0, u1) if by_stripe else (0, nstripes)
+    kt0, kt1 = (0, ntiles) if by_stripe else (u0, u1)
+    # The panel on a whole cache line: its rows are whole vectors.
+    raw = np.empty(chunk * nr + 64 // item, xm.dtype)
+    skip = (-raw.ctypes.data % 64) // item
+    panel = raw[skip:skip + chunk * nr]
+    aoff = np.empty(chunk, np.int64)
+    prow = np.empty(MR_K, np.int64)
+    tile = np.zeros(MR_K * nr, xm.dtype)
+    tag = np.empty(0, xm.dtype)
+    xf, yf, dwf = xm.reshape(-1), dym.reshape(-1), dwm.reshape(-1)
+    # Data addresses taken once (see :func:`.direct.stripes`).
+    x0, y0, dw0, pn0 = xf.ctypes.data, yf.ctypes.data, dwf.ctypes.data, panel.ctypes.data
+    ao0, pr0, tl0 = aoff.ctypes.data, prow.ctypes.data, tile.ctypes.data
+    total = N * L
+    for g0 in range(0, total, chunk):
+        steps = min(chunk, total - g0)
+        fresh = g0 == 0 and not accumulate
+        for t in range(steps):
+            aoff[t] = (g0 + t) // L * K * L + (g0 + t) % L
+        for s in range(s0, s1):
+            c0 = s * nr
+            m = min(nr, C - c0)
+            t = 0
+            while t < steps:  # pieces of consecutive images
+                n, p = (g0 + t) // L, (g0 + t) % L
+                piece = min(steps - t, L - p)
+                whole = piece // width * width
+                for jb in range(0, nr, width):
+                    if jb + width <= m:
+                        src = x0 + ((n * C + c0 + jb) * L + p) * item
+                        for u in range(0, whole, width):
+                            transpose_tile(src + u * item, L, pn0 + ((t + u) * nr + jb) * item, nr, 0, tag)
+                        for u in range(whole, piece):
+                            for j in range(width):
+                                panel[(t + u) * nr + jb + j] = xf[(n * C + c0 + jb + j) * L + p + u]
+                    else:  # channels past C: zeros
+                        for u in range(piece):
+                            for j in range(width):
+                                c = c0 + jb + j
+                                panel[(t + u) * nr + jb + j] = xf[(n * C + c) * L + p + u] if c < C else 0
+                t += piece
+            for kt in range(kt0 * MR_K, kt1 * MR_K, MR_K):
+                rows = min(MR_K, K - kt)
+                for i in range(MR_K):
+                    prow[i] = min(kt + i, K - 1) * L
+                if m == nr and rows == MR_K:
+                    if kt + 2 * MR_K <= kt1 * MR_K and kt + 2 * MR_K <= K:
+                        prefetch_write(dw0 + ((kt + MR_K) * C + c0) * item, C * item, MR_K, nr * item)
+                    microkernel_px(steps, y0, pr0, ao0, pn0, nr, dw0 + (kt * C + c0) * item, C,
+                                   0 if fresh else 1, tag)
+                    continue
+                microkernel_px(steps, y0, pr0, ao0, pn0, nr, tl0, nr, 0, tag)
+                for i in range(rows):
+                    for j in range(m):
+                        o = (kt + i) * C + c0 + j
+                        if fresh:
+                            dwf[o] = tile[i * nr + j]
+                        else:
+                            dwf[o] += tile[i * nr + j]
+    keep_alive((raw, panel, aoff, prow, tile, tag))
+
+
+def backward_weight(xm, dym, dwm, accumulate):
+    """``dwm (+)= sum_n dym[n] @ xm[n].T`` for the C-contiguous (N, C, pixels) input ``xm``,
+    (N, K, pixels) output gradient ``dym`` and (K, C) result ``dwm`` of one dtype, with
+    ``N * pixels``, ``C`` and ``K`` all positive."""
+    N, C, L = xm.shape
+    K = dym.shape[1]
+    item = xm.dtype.itemsize
+    chunk = max(1, min(WEIGHT_CHUNK, N * L))
+    nstripes, ntiles = -(-C // (NV_K * lanes(item))), -(-K // MR_K)
+    # Threads split the stripes (each transposes only its own) when there are enough of them.
+    by_stripe = nstripes >= min(threads.count(), ntiles)
+    threads.run_range(weight_tiles, nstripes if by_stripe else ntiles, by_stripe, nstripes, ntiles, xm, dym, chunk,
+                      dwm, 1 if accumulate else 0)
+
+
 def warmup(dtype):
     """Compile (or load from Numba's cache) this module's kernels for ``dtype``."""
     lanes_ = lanes(np.dtype(dtype).itemsize)
@@ -182,3 +319,4 @@ def warmup(dtype):
     wm = np.ones((MR + 1, 3), dtype)
     om = np.empty((2, MR + 1, lanes_ + 1), dtype)
     forward(xm, wm, om, False)
+    backward_weight(xm, om, wm, False)

@@ -45,9 +45,10 @@ CONFIGS = {
                 (drivers, "FORCE_DIRECT_WEIGHT"): True, (klanes, "FORCE"): False},
     "k-lanes": {(klanes, "FORCE"): True},
     "k-lanes-tiny": {(klanes, "FORCE"): True, (klanes, "BLOCK_BYTES"): 1, (klanes, "CHUNK"): 16},
-    "pointwise": {(pointwise, "FORCE"): True},
+    "pointwise": {(pointwise, "FORCE"): True, (pointwise, "FORCE_WEIGHT"): True},
     "pointwise-tiny": {(pointwise, "FORCE"): True, (pointwise, "NSTRIPES"): 1, (pointwise, "KC"): 3,
-                       (pointwise, "A_BLOCK_BYTES"): 1},
+                       (pointwise, "A_BLOCK_BYTES"): 1, (pointwise, "FORCE_WEIGHT"): True,
+                       (pointwise, "WEIGHT_CHUNK"): 5},
 }
 
 
@@ -122,6 +123,9 @@ CASES = {
     "dilation2-stride2": (1, 3, 2, 15, 14, 3, 2, (2, 2), (2, 1, 0, 3), (2, 2)),
     "1x1": (3, 7, 5, 6, 7, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1)),
     "1x1-wide": (3, 9, 19, 9, 11, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1)),
+    # Whole and partial channel stripes and row tiles of pointwise backward-weight, which the
+    # default configuration takes here; a chunk crosses images.
+    "1x1-stripes": (3, 70, 65, 5, 7, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1)),
     "1x1-stride2-pad": (2, 4, 3, 7, 8, 1, 1, (2, 2), (1, 2, 2, 1), (1, 1)),
     "7x7-stride2": (1, 3, 4, 23, 21, 7, 7, (2, 2), (3, 3, 3, 3), (1, 1)),
     "R!=S": (2, 3, 5, 10, 9, 2, 5, (1, 1), (0, 1, 2, 2), (1, 1)),
@@ -283,8 +287,9 @@ def test_direct_kernels_on_several_threads(mode, monkeypatch):
         monkeypatch.setattr(klanes, "BLOCK_BYTES", 1 << 14)
     elif mode == "pointwise":
         monkeypatch.setattr(pointwise, "FORCE", True)
+        monkeypatch.setattr(pointwise, "FORCE_WEIGHT", True)
         monkeypatch.setattr(pointwise, "NSTRIPES", 1)
-        cases = ("1x1", "1x1-wide")
+        cases = ("1x1", "1x1-wide", "1x1-stripes")  # one stripe (threads split row tiles), or several
     else:
         monkeypatch.setattr(klanes, "FORCE", False)
         monkeypatch.setattr(direct, "FORCE_MODE", mode)
@@ -313,13 +318,14 @@ import numpy as np, test_kernels as t
 from cnnmm.kernels import direct, drivers, klanes, pointwise, ukernel
 assert (ukernel.VBYTES, ukernel.MR, ukernel.NV) == (32, 4, 3)
 drivers.FORCE_DIRECT_WEIGHT = True
-pointwise.FORCE = True
+pointwise.FORCE = pointwise.FORCE_WEIGHT = True
 rng = np.random.default_rng(8)
 for mode in ("slab", "cols", "klanes"):
     klanes.FORCE = mode == "klanes"
     direct.FORCE_MODE = None if klanes.FORCE else mode
     for dtype in (np.float32, np.float64):
-        for case in ("3x3-pad1", "primes", "bands", "dilation2-stride2", "N=1,C=1,K=1", "K-tails", "1x1-wide"):
+        for case in ("3x3-pad1", "primes", "bands", "dilation2-stride2", "N=1,C=1,K=1", "K-tails", "1x1-wide",
+                     "1x1-stripes"):
             N, C, K, H, W, R, S, stride, padding, dilation = t.CASES[case]
             x, w, dy = t.make(rng, N, C, K, H, W, R, S, stride, padding, dilation, dtype)
             t.check_all(x, w, dy, stride, padding, dilation)
@@ -395,7 +401,7 @@ def test_warmup_then_no_compilation():
     jitted = (im2col.im2col, im2col.col2im, wide.pack_wide, wide.unpack_wide, direct.pack_slab,
               direct.pack_cols, direct.stripes, direct.unblock, direct.pack_dyt, direct.weight_tiles,
               direct.store_weight, klanes.tiles, klanes.store,
-              pointwise.pack_filter, pointwise.column_blocks)
+              pointwise.pack_filter, pointwise.column_blocks, pointwise.weight_tiles)
     assert set(jitted) == set(fastload._dispatchers())
     # Each entry point is ready for both dtypes: compiled or loaded by Numba (its signatures),
     # or installed from the cache by fastload.

@@ -16,7 +16,7 @@ rounded up to whole vector tiles: 256 KiB for K = 512 in float32), and per block
 a zero-padded copy of the block's input rows.
 A 1x1 stride-1 layer that goes to :mod:`.pointwise` holds a packed copy of the filter (K
 rounded up to the tile) and, per kernel thread, one column block's packed input (384 KiB in
-float32); the output is written in place. A 1x1 stride-1 backward-weight that goes there
+float32); the output is written in place. A 1x1 backward-weight that goes there
 holds, per kernel thread, one reduction chunk's transposed input panel
 (``pointwise.WEIGHT_CHUNK`` pixels by 64 channels in float32, 32 in float64: 256 KiB).
 
@@ -184,9 +184,10 @@ def conv2d_backward_weight(x, dy, filter_rs, stride=(1, 1), padding=(0, 0, 0, 0)
 
     Notes
     -----
-    1x1 stride-1 layers with at least 64 input and output channels
+    1x1 layers without padding, with at least 64 input and output channels
     (:func:`.pointwise.use_weight`): one transposed input panel per kernel thread (256 KiB);
-    ``x``, ``dy`` and ``dw`` are used in place. Direct kernel (where
+    ``x``, ``dy`` and ``dw`` are used in place, but a strided layer first copies the input
+    pixels it samples (``N*C*P*Q`` elements). Direct kernel (where
     :func:`.drivers.use_direct_weight` holds: filters wider than 1x1, at most 256 output
     channels): the block's phase-split input rows and transposed ``dy``
     (about 1 MiB together), its pixels' slab columns (8 bytes each) and ``R*S*C*K``

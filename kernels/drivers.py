@@ -314,11 +314,15 @@ def backward_weight(x, dy, R, S, sh, sw, dh, dw, top, left, dwt, accumulate):
             else:
                 np.add(dwm, a @ b, out=dwm)
 
-        pointwise_layer = R == S == 1 and sh == sw == 1 and top == left == 0 and (P, Q) == (H, W)
-        if pointwise_layer and P * Q and pw.use_weight(C, K):
-            pw.backward_weight(x.reshape(N, C, P * Q), dy.reshape(N, K, P * Q), dwm, accumulate)
+        # A 1x1 layer without padding reads exactly every sh-th row and sw-th column of x.
+        sampled = R == S == 1 and top == left == 0 and (-(-H // sh), -(-W // sw)) == (P, Q)
+        if sampled and P * Q and pw.use_weight(C, K):
+            # Strided: the sampled pixels copied first (a quarter of x at stride 2), measured
+            # 1.0-1.25x of the column packing + BLAS below on ResNet-50's projections.
+            xs = x if sh == sw == 1 else np.ascontiguousarray(x[:, :, ::sh, ::sw])
+            pw.backward_weight(xs.reshape(N, C, P * Q), dy.reshape(N, K, P * Q), dwm, accumulate)
             fresh = False
-        elif pointwise_layer and P * Q >= WIDE_MIN_PIXELS:
+        elif sampled and sh == sw == 1 and P * Q >= WIDE_MIN_PIXELS:
             # Pointwise on large images: one GEMM per image, x and dy read in place (blocks
             # of images would first copy dy into pixel-major order).
             xm, dym = x.reshape(N, C, P * Q), dy.reshape(N, K, P * Q)

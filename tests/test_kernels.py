@@ -126,6 +126,10 @@ CASES = {
     # Whole and partial channel stripes and row tiles of pointwise backward-weight, which the
     # default configuration takes here; a chunk crosses images.
     "1x1-stripes": (3, 70, 65, 5, 7, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1)),
+    # Strided: the sampled pixels copied, then the same kernel; bottom/right padding that adds
+    # an output row or column (of zeros read) keeps the column packing.
+    "1x1-strided-stripes": (2, 66, 64, 9, 8, 1, 1, (2, 3), (0, 0, 0, 0), (1, 1)),
+    "1x1-stride2-bottom-pad": (2, 66, 64, 9, 8, 1, 1, (2, 2), (0, 2, 0, 1), (1, 1)),
     "1x1-stride2-pad": (2, 4, 3, 7, 8, 1, 1, (2, 2), (1, 2, 2, 1), (1, 1)),
     "7x7-stride2": (1, 3, 4, 23, 21, 7, 7, (2, 2), (3, 3, 3, 3), (1, 1)),
     "R!=S": (2, 3, 5, 10, 9, 2, 5, (1, 1), (0, 1, 2, 2), (1, 1)),

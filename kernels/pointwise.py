@@ -223,6 +223,40 @@ def use_weight(C, K):
     return min(C, K) >= WEIGHT_MIN_CHANNELS
 
 
+@njit(inline="always")
+def fill_panel(xm, g0, steps, c0, panel):
+    """``panel[t*nr + j] = xm[n, c0 + j, p]`` for the chunk's pixels ``t < steps`` (pixel
+    ``g0 + t`` of all images: image ``n``, pixel ``p``) and the stripe's ``nr = NV_K*lanes``
+    channels (zeros past ``C``): square register transposes, ragged edges element by element."""
+    N, C, L = xm.shape
+    item = xm.itemsize
+    width = VBYTES // item
+    nr = NV_K * width
+    m = min(nr, C - c0)
+    xf = xm.reshape(-1)
+    x0, pn0 = xf.ctypes.data, panel.ctypes.data
+    tag = np.empty(0, xm.dtype)
+    t = 0
+    while t < steps:  # pieces of consecutive images
+        n, p = (g0 + t) // L, (g0 + t) % L
+        piece = min(steps - t, L - p)
+        whole = piece // width * width
+        for jb in range(0, nr, width):
+            if jb + width <= m:
+                src = x0 + ((n * C + c0 + jb) * L + p) * item
+                for u in range(0, whole, width):
+                    transpose_tile(src + u * item, L, pn0 + ((t + u) * nr + jb) * item, nr, 0, tag)
+                for u in range(whole, piece):
+                    for j in range(width):
+                        panel[(t + u) * nr + jb + j] = xf[(n * C + c0 + jb + j) * L + p + u]
+            else:  # channels past C: zeros
+                for u in range(piece):
+                    for j in range(width):
+                        c = c0 + jb + j
+                        panel[(t + u) * nr + jb + j] = xf[(n * C + c) * L + p + u] if c < C else 0
+        t += piece
+
+
 @njit(cache=True, nogil=True)
 def weight_tiles(u0, u1, by_stripe, nstripes, ntiles, xm, dym, chunk, dwm, accumulate):
     """``dwm[k, c] (+)= sum_{n, p} dym[n, k, p] * xm[n, c, p]`` for the stripes ``u0:u1`` and
@@ -244,9 +278,9 @@ def weight_tiles(u0, u1, by_stripe, nstripes, ntiles, xm, dym, chunk, dwm, accum
     prow = np.empty(MR_K, np.int64)
     tile = np.zeros(MR_K * nr, xm.dtype)
     tag = np.empty(0, xm.dtype)
-    xf, yf, dwf = xm.reshape(-1), dym.reshape(-1), dwm.reshape(-1)
+    yf, dwf = dym.reshape(-1), dwm.reshape(-1)
     # Data addresses taken once (see :func:`.direct.stripes`).
-    x0, y0, dw0, pn0 = xf.ctypes.data, yf.ctypes.data, dwf.ctypes.data, panel.ctypes.data
+    y0, dw0, pn0 = yf.ctypes.data, dwf.ctypes.data, panel.ctypes.data
     ao0, pr0, tl0 = aoff.ctypes.data, prow.ctypes.data, tile.ctypes.data
     total = N * L
     for g0 in range(0, total, chunk):
@@ -257,25 +291,7 @@ def weight_tiles(u0, u1, by_stripe, nstripes, ntiles, xm, dym, chunk, dwm, accum
         for s in range(s0, s1):
             c0 = s * nr
             m = min(nr, C - c0)
-            t = 0
-            while t < steps:  # pieces of consecutive images
-                n, p = (g0 + t) // L, (g0 + t) % L
-                piece = min(steps - t, L - p)
-                whole = piece // width * width
-                for jb in range(0, nr, width):
-                    if jb + width <= m:
-                        src = x0 + ((n * C + c0 + jb) * L + p) * item
-                        for u in range(0, whole, width):
-                            transpose_tile(src + u * item, L, pn0 + ((t + u) * nr + jb) * item, nr, 0, tag)
-                        for u in range(whole, piece):
-                            for j in range(width):
-                                panel[(t + u) * nr + jb + j] = xf[(n * C + c0 + jb + j) * L + p + u]
-                    else:  # channels past C: zeros
-                        for u in range(piece):
-                            for j in range(width):
-                                c = c0 + jb + j
-                                panel[(t + u) * nr + jb + j] = xf[(n * C + c) * L + p + u] if c < C else 0
-                t += piece
+            fill_panel(xm, g0, steps, c0, panel)
             for kt in range(kt0 * MR_K, kt1 * MR_K, MR_K):
                 rows = min(MR_K, K - kt)
                 for i in range(MR_K):

@@ -40,8 +40,8 @@ float64, so ResNet's channel counts fill whole stripes):
 * the reduction runs in chunks of up to ``WEIGHT_CHUNK`` pixels of all images in one pixel
   space (a chunk crosses images freely: 7x7 images need no per-image calls);
 * per chunk and stripe, the stripe's input rows are transposed into one pixel-major panel
-  (square register transposes of ``lanes x lanes``, :func:`~.ukernel.transpose_tile`), so
-  ``x`` is read once;
+  (square register transposes of ``lanes x lanes``, :func:`.direct.transpose`), so ``x`` is
+  read once;
 * ``dy`` is read in place: ``MR_K`` rows broadcast step by step, each step's pixel offset
   from a table (the image changes inside a chunk), rows past ``K`` clamped to the last;
 * a tile's ``MR_K x NV_K`` sums stay in registers for a whole chunk, then are added into
@@ -64,9 +64,9 @@ import numpy as np
 from numba import njit
 
 from . import threads
-from .direct import _up
+from .direct import _up, transpose
 from .ukernel import (MR, MR_K, NV, NV_K, VBYTES, copy_tile_row, keep_alive, lanes, microkernel_at,
-                      microkernel_px, prefetch_read, prefetch_write, tile_cols, transpose_tile)
+                      microkernel_px, prefetch_read, prefetch_write, tile_cols)
 
 #: Channels per reduction chunk (a micro-panel: KC x tile_cols, in L1 during its row tiles).
 KC = 256
@@ -226,34 +226,17 @@ def use_weight(C, K):
 @njit(inline="always")
 def fill_panel(xm, g0, steps, c0, panel):
     """``panel[t*nr + j] = xm[n, c0 + j, p]`` for the chunk's pixels ``t < steps`` (pixel
-    ``g0 + t`` of all images: image ``n``, pixel ``p``) and the stripe's ``nr = NV_K*lanes``
-    channels (zeros past ``C``): square register transposes, ragged edges element by element."""
+    ``g0 + t`` of all images: image ``n``, pixel ``p``) and the stripe's channels below ``C``
+    (``nr = NV_K*lanes`` of them; the others are left as they are): one
+    :func:`.direct.transpose` per piece of an image, by source rows as klanes' filter panels."""
     N, C, L = xm.shape
-    item = xm.itemsize
-    width = VBYTES // item
-    nr = NV_K * width
-    m = min(nr, C - c0)
+    nr = NV_K * (VBYTES // xm.itemsize)
     xf = xm.reshape(-1)
-    x0, pn0 = xf.ctypes.data, panel.ctypes.data
-    tag = np.empty(0, xm.dtype)
     t = 0
     while t < steps:  # pieces of consecutive images
         n, p = (g0 + t) // L, (g0 + t) % L
         piece = min(steps - t, L - p)
-        whole = piece // width * width
-        for jb in range(0, nr, width):
-            if jb + width <= m:
-                src = x0 + ((n * C + c0 + jb) * L + p) * item
-                for u in range(0, whole, width):
-                    transpose_tile(src + u * item, L, pn0 + ((t + u) * nr + jb) * item, nr, 0, tag)
-                for u in range(whole, piece):
-                    for j in range(width):
-                        panel[(t + u) * nr + jb + j] = xf[(n * C + c0 + jb + j) * L + p + u]
-            else:  # channels past C: zeros
-                for u in range(piece):
-                    for j in range(width):
-                        c = c0 + jb + j
-                        panel[(t + u) * nr + jb + j] = xf[(n * C + c) * L + p + u] if c < C else 0
+        transpose(xf, n * C * L + p, L, panel, t * nr - c0, nr, 0, piece, c0, min(C, c0 + nr), 0, False)
         t += piece
 
 
@@ -270,8 +253,9 @@ def weight_tiles(u0, u1, by_stripe, nstripes, ntiles, xm, dym, chunk, dwm, accum
     nr = NV_K * width
     s0, s1 = (u0, u1) if by_stripe else (0, nstripes)
     kt0, kt1 = (0, ntiles) if by_stripe else (u0, u1)
-    # The panel on a whole cache line: its rows are whole vectors.
-    raw = np.empty(chunk * nr + 64 // item, xm.dtype)
+    # The panel on a whole cache line: its rows are whole vectors. Channels past C (a last,
+    # partial stripe) keep these zeros: the transposition writes only c < C.
+    raw = np.zeros(chunk * nr + 64 // item, xm.dtype)
     skip = (-raw.ctypes.data % 64) // item
     panel = raw[skip:skip + chunk * nr]
     aoff = np.empty(chunk, np.int64)

@@ -1,8 +1,8 @@
 """Node-level conv2d kernels (forward, backward-data, backward-weight) for one rank.
 
 Filters wider than 1x1 run a direct convolution on an LLVM-IR register-tiled micro-kernel
-(:mod:`.direct`, :mod:`.ukernel`; the forward pass also :mod:`.klanes`, output channels in the
-vector lanes, where its cost estimate is lower); 1x1 stride-1 layers with large images and
+(:mod:`.direct`, :mod:`.ukernel`; the forward pass and stride-1 backward-data also
+:mod:`.klanes`, output channels in the vector lanes, where its cost estimate is lower); 1x1 stride-1 layers with large images and
 at least twice as many input as output channels (float32) run a blocked GEMM on the same
 micro-kernel (:mod:`.pointwise`), as do unpadded 1x1 backward-weights with at least 64 input
 and output channels (the input transposed into panels, ``dy`` read in place); other 1x1

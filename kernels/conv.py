@@ -8,8 +8,10 @@ backward-weight with at most 256 output channels; :mod:`.direct`): one source
 block (the input rows a block reads, phase-split, or its im2col columns on small images) plus
 one block result or transposed ``dy`` block, together about ``direct.BLOCK_BYTES`` (1 MiB)
 unless one output row or ``direct.MIN_COLS`` columns need more; backward-weight adds
-``R*S*C*K`` accumulators (C*R*S and K rounded up to the tile) and backward-data a flipped copy of
-the filter. A forward that goes to :mod:`.klanes` (output channels in the vector lanes) holds,
+``R*S*C*K`` accumulators (C*R*S and K rounded up to the tile) and backward-data a copy of the
+filter's last ``C % ukernel.MR`` input channels (the filter itself is read in place). A
+forward or stride-1 backward-data that goes to :mod:`.klanes` (output channels in the vector
+lanes; backward-data gathers the flipped filter in place) holds,
 per kernel thread, one reduction chunk of the transposed filter (``klanes.CHUNK x K``, K
 rounded up to whole vector tiles: 256 KiB for K = 512 in float32), and per block a
 ``pixels x K`` result of about ``klanes.BLOCK_BYTES`` (2 MiB) plus, when a tap reads padding,
@@ -134,7 +136,8 @@ def conv2d_backward_data(dy, w, input_hw, stride=(1, 1), padding=(0, 0, 0, 0), d
     Notes
     -----
     Stride 1: a forward convolution of ``dy`` with the flipped filter, so buffers are as in
-    :func:`conv2d_forward` (with K and C swapped) plus a ``K*C*R*S`` filter copy. Other strides:
+    :func:`conv2d_forward` (with K and C swapped); wider filters than 1x1 are read in place, a
+    1x1 filter is copied (``K*C``). Other strides:
     a column block of about ``T`` elements (module docstring) that one GEMM writes and a
     scatter-add consumes, a widened or transposed copy of the block of ``dy`` (``K/(C*R*S)``
     of that) and the block's input-sized slab.

@@ -22,8 +22,9 @@ row tile of the filter passes over them. The block result is then copied to the 
 
 Memory per call: one source block and one block result (together about ``BLOCK_BYTES``,
 1 MiB, more only when one output row or ``MIN_COLS`` columns need it), plus a copy of the
-last ``K % MR`` filter rows; the filter itself is read in place. Backward-data adds a
-flipped copy of the filter (of one stride phase's taps).
+last ``K % MR`` filter rows; the filter itself is read in place. Backward-data reads the
+flipped filter in place too, through a step-offset table, with a zero-padded copy of its
+last ``C % MR`` channels (one stride phase's taps).
 """
 
 import numpy as np

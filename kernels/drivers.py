@@ -252,12 +252,22 @@ def pointwise(xm, wm, om, accumulate):
 
 def backward_data(dy, w, H, W, sh, sw, dh, dw, top, left, dx, accumulate):
     """``dx (+)= conv_transpose(dy, w)``: stride 1 is a forward convolution of ``dy`` with the
-    flipped, transposed filter (direct for filters wider than 1x1, which read it in place;
-    else through a flipped copy and BLAS), other strides a GEMM to columns and a scatter-add
+    flipped, transposed filter (for filters wider than 1x1 :mod:`.klanes` or :mod:`.direct`,
+    by :func:`use_klanes` as for a forward pass, both reading the filter in place; else
+    through a flipped copy and BLAS), other strides a GEMM to columns and a scatter-add
     (measured faster than the direct kernel's stride phases on most layers)."""
-    R, S = w.shape[2], w.shape[3]
+    N, K, P, Q = dy.shape
+    C, R, S = w.shape[1:]
     if sh == sw == 1 and use_direct(R, S):
-        direct.backward_data(dy, w, H, W, sh, sw, dh, dw, top, left, dx, accumulate)
+        item = dy.dtype.itemsize
+        # Empty shapes go to .direct, which deals with them.
+        if (N * K * P * Q and dx.size
+                and use_klanes(dy.shape, C, H, W, R, S, item,
+                               direct.Plan(dy.shape, C, H, W, R, S, 1, 1, dh, dw, item, direct.FORCE_MODE))):
+            klanes.forward(dy, w, H, W, 1, 1, dh, dw, dh * (R - 1) - top, dw * (S - 1) - left, dx, accumulate,
+                           flipped=True)
+        else:
+            direct.backward_data(dy, w, H, W, sh, sw, dh, dw, top, left, dx, accumulate)
     elif sh == sw == 1:
         wt = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
         forward(dy, wt, H, W, 1, 1, dh, dw, dh * (R - 1) - top, dw * (S - 1) - left, dx, accumulate)

@@ -23,6 +23,15 @@ time; conv1, with 64 channels of 112x112 pixels to write, 21%). :func:`cost` put
 transpositions next to the GEMM so that the drivers can compare it with
 :class:`.direct.Plan`'s estimate (measurements at :data:`.drivers.KLANES_MARGIN`).
 
+Stride-1 backward-data is the forward convolution of ``dy`` with the flipped, transposed
+filter (``forward(..., flipped=True)``); its panels gather that filter from ``w`` in place
+(:func:`fill_panels_flipped`, a strided gather: calls on ResNet-50's res4/res5 3x3 layers
+took 2-6% longer than with panels transposed from a flipped copy, but making that copy took
+8-25% of a call). :func:`.drivers.backward_data` applies the forward pass's rule to it. Measured against
+the direct kernel (one thread, alternating, medians of 9, float64 5): ResNet-50 at batch 8,
+3x3 layers, float32 1.06-1.17x, float64 1.02-1.28x; VGG-16 at batch 1, float32 0.95-1.19x,
+float64 0.99-1.16x.
+
 Memory per call: per kernel thread, one chunk's panels (``CHUNK x K`` elements, K rounded up
 to ``NV_K`` vectors: 256 KiB for K = 512 in float32), and per block the ``pixels x K``
 result (about ``BLOCK_BYTES``) and, when some tap reads padding, a zero-padded copy of the
@@ -104,12 +113,31 @@ def fill_panels(t0, steps, kt0, kt1, wm, kred, K, panels):
 
 
 @njit(cache=True, nogil=True)
-def tiles(u0, u1, by_channel, ntiles, nkt, src, poff, aoff, wm, K, chunk, res):
+def fill_panels_flipped(t0, steps, kt0, kt1, wm, RS, C, panels):
+    """:func:`fill_panels` for the flipped, transposed filter of a backward-data pass, read from
+    the (K, C, R, S) filter ``wm`` (flat) in place: output channel ``c`` (``C`` of them) and
+    step ``k*RS + u`` take ``w[k, c, RS - 1 - u]`` (tap ``u`` of ``R*S``, row-major, turned
+    around)."""
+    nk = NV_K * (VBYTES // wm.itemsize)
+    for kt in range(kt0, kt1):
+        c_lo = kt * nk
+        c_hi = min(C, c_lo + nk)
+        for t in range(steps):
+            k, u = (t0 + t) // RS, (t0 + t) % RS
+            src = (k * C + c_lo) * RS + RS - 1 - u
+            dst = ((kt - kt0) * steps + t) * nk
+            for j in range(c_hi - c_lo):
+                panels[dst + j] = wm[src + j * RS]
+
+
+@njit(cache=True, nogil=True)
+def tiles(u0, u1, by_channel, ntiles, nkt, src, poff, aoff, wm, K, chunk, flip_rs, res):
     """``res[p*Kp + k] = sum_t src[poff[p] + aoff[t]] * w[k, t]`` (``wm`` is the (K, C*R*S)
     filter, flat) for work units ``u0:u1``: channel tiles (``NV_K`` vectors each) over all
     ``ntiles`` pixel tiles when ``by_channel``, else pixel tiles (``MR_K`` pixels each;
     ``poff`` is padded to whole tiles) over all ``nkt`` channel tiles. Channels from ``K`` to
-    ``Kp = nkt*NV_K*lanes`` (the row pitch of ``res``) get zeros."""
+    ``Kp = nkt*NV_K*lanes`` (the row pitch of ``res``) get zeros. ``flip_rs`` > 0: ``wm`` is
+    a (C, K, R, S) filter with ``R*S = flip_rs``, used flipped and transposed."""
     kred = aoff.shape[0]
     item = src.itemsize
     nk = NV_K * (VBYTES // item)
@@ -122,7 +150,10 @@ def tiles(u0, u1, by_channel, ntiles, nkt, src, poff, aoff, wm, K, chunk, res):
     tag = np.empty(0, src.dtype)
     for t0 in range(0, kred, chunk):
         steps = min(chunk, kred - t0)
-        fill_panels(t0, steps, kt0, kt1, wm, kred, K, panels)
+        if flip_rs:
+            fill_panels_flipped(t0, steps, kt0, kt1, wm, flip_rs, K, panels)
+        else:
+            fill_panels(t0, steps, kt0, kt1, wm, kred, K, panels)
         # Channel tile outermost: its panel stays in L1 while every pixel tile passes over it.
         for kt in range(kt0, kt1):
             b_addr = b0 + (kt - kt0) * steps * nk * item
@@ -152,12 +183,19 @@ def _offsets(nb, rows, Q, C, R, S, sh, sw, dh, dw, img, row, chan):
     return poff, (c * chan + r * (dh * row) + s * dw).ravel().astype(np.int64)
 
 
-def forward(x, w, P, Q, sh, sw, dh, dw, top, left, out, accumulate):
+def forward(x, w, P, Q, sh, sw, dh, dw, top, left, out, accumulate, flipped=False):
     """``out (+)= conv(x, w)`` for output size ``(P, Q)`` and first-tap offsets ``top``/``left``
     (may be negative); ``x``, ``w`` (K, C, R, S) and ``out`` are C-contiguous of one dtype and
-    none of N, C, K, P, Q is 0 (:func:`.drivers.forward` deals with empty shapes)."""
+    none of N, C, K, P, Q is 0 (:func:`.drivers.forward` deals with empty shapes).
+
+    ``flipped``: convolve with the flipped, transposed filter instead (``w`` is (C, K, R, S):
+    ``x`` has ``C`` channels, ``out`` ``K``), as a stride-1 backward-data pass does; the
+    panels gather it from ``w`` in place (:func:`fill_panels_flipped`)."""
     N, C, H, W = x.shape
-    K, _, R, S = w.shape
+    if flipped:
+        _, K, R, S = w.shape
+    else:
+        K, _, R, S = w.shape
     item = x.dtype.itemsize
     Kp = k_pitch(K, item)
     nkt = Kp // (NV_K * lanes(item))
@@ -195,7 +233,7 @@ def forward(x, w, P, Q, sh, sw, dh, dw, top, left, out, accumulate):
         ntiles = poff.size // MR_K
         by_channel = nkt >= min(threads.count(), ntiles)
         threads.run_range(tiles, nkt if by_channel else ntiles, by_channel, ntiles, nkt, source, poff, aoff, wm,
-                          K, CHUNK, res)
+                          K, CHUNK, R * S if flipped else 0, res)
         threads.run_range(store, K, res, Kp, flat_out, K, P, Q, n0, nb, p0, rows, 1 if accumulate else 0)
 
 

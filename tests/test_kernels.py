@@ -361,7 +361,8 @@ def test_adjoint():
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_transposes_exact(dtype):
     """klanes' filter panels (:func:`klanes.fill_panels`: one chunk of each channel tile
-    contiguous, channel tiles from the second on, as a thread's share) and result store (over
+    contiguous, channel tiles from the second on, as a thread's share; also gathered flipped
+    by :func:`klanes.fill_panels_flipped`) and result store (over
     thread-like channel ranges that start off a tile boundary): tiles in registers plus ragged
     edges; a pure copy, so exact."""
     rng = np.random.default_rng(13)
@@ -376,6 +377,16 @@ def test_transposes_exact(dtype):
         got = panels.reshape(nkt - 1, steps, nk).transpose(1, 0, 2).reshape(steps, (nkt - 1) * nk)
         np.testing.assert_array_equal(got[:, :K - nk], wm.reshape(K, kred)[nk:, t0:t0 + steps].T)
         assert np.all(got[:, K - nk:] == 7)
+    # Backward-data's flipped, transposed filter, gathered from the (K, C, R, S) filter: the
+    # panels of fill_panels on a flipped copy.
+    for K, C, R, S, t0, steps in ((5, 2 * nk + 3, 3, 3, 4, 2 * lanes + 3), (3, nk, 2, 1, 0, 6), (2, 7, 1, 1, 1, 1)):
+        w = rng.standard_normal((K, C, R, S)).astype(dtype)
+        wt = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)).reshape(-1)
+        nkt = -(-C // nk)
+        want, got = np.full(nkt * steps * nk, 7, dtype), np.full(nkt * steps * nk, 7, dtype)
+        klanes.fill_panels(t0, steps, 0, nkt, wt, K * R * S, C, want)
+        klanes.fill_panels_flipped(t0, steps, 0, nkt, w.reshape(-1), R * S, C, got)
+        np.testing.assert_array_equal(got, want)
     N, K, P, Q, rows, p0, n0, nb = 3, 2 * lanes + 5, 7, lanes + 3, 4, 2, 1, 2
     Kp = K + 1
     res = rng.standard_normal(nb * rows * Q * Kp).astype(dtype)

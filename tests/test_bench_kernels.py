@@ -13,7 +13,7 @@ HAVE_TORCH = importlib.util.find_spec("torch") is not None
 
 
 def test_json_records_and_summary():
-    args = ["--layers", "res5.1x1b,res3.3x3/2", "--batch", "1", "--repeat", "1", "--json", "--compare", "torch"]
+    args = ["--layers", "res5.1x1b,res3.3x3/2", "--batch", "1", "--repeat", "3", "--json", "--compare", "torch"]
     result = mpiexec(2, CNNMM + args, timeout=300)
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
@@ -23,8 +23,17 @@ def test_json_records_and_summary():
         (layer, p, d) for layer in ("res5.1x1b", "res3.3x3/2") for p in bk.PASSES for d in bk.DTYPES}
     for r in records:
         assert r["gflops"] > 0 and r["gemm_gflops"] > 0 and r["threads"] == 1
-        assert abs(r["gemm_pct"] - 100 * r["gflops"] / r["gemm_gflops"]) < 1e-6
+        # Ratios are medians of the per-round ratios, each round's methods back to back.
+        rounds = len(r["times_s"])
+        assert rounds == len(r["gemm_times_s"]) == 3 and r["time_s"] == sorted(r["times_s"])[1]
+        flops = r["gflops"] * 1e9 * r["time_s"]
+        pct = sorted(100 * (flops / t) / (2 * r["gemm_n"] ** 3 / g)
+                     for t, g in zip(r["times_s"], r["gemm_times_s"]))
+        assert abs(r["gemm_pct"] - pct[1]) < 1e-6 * pct[1]
         assert ("ratio_torch" in r) == HAVE_TORCH
+        if HAVE_TORCH:
+            ratios = sorted(t / s for t, s in zip(r["torch_times_s"], r["times_s"]))
+            assert abs(r["ratio_torch"] - ratios[1]) < 1e-9 * ratios[1]
         # One thread asked for: the kernels keep about one core busy (process CPU / wall).
         assert 0 < r["threads_busy"] < 1.5, r
     assert len(summary["summary"]) == 6 and summary["batch"] == 1

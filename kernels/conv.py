@@ -23,16 +23,17 @@ holds, per kernel thread, one reduction chunk's transposed input panel
 (``pointwise.WEIGHT_CHUNK`` pixels by 64 channels in float32, 32 in float64: 256 KiB).
 
 Memory, packing + BLAS (the other cases). Work goes in blocks whose packed column matrix has about
-``T = min(max(B, 256*C*R*S), max(B, 2**21))`` elements (``B = drivers.BLOCK_ELEMS = 2**18``,
-``drivers.BLOCK_ELEMS_BWD_WEIGHT = 2**20`` for backward-weight) but at least one output row
+``T = min(max(B, M*C*R*S), max(B, 2**21))`` elements (``B = drivers.BLOCK_ELEMS = 2**18``,
+``drivers.BLOCK_ELEMS_BWD_WEIGHT = 2**20`` for backward-weight; ``M`` = 256 columns,
+``drivers.SCATTER_MIN_COLS`` = 1024 for strided backward-data) but at least one output row
 (``C*R*S*(Q + dw*(S-1)//sw)`` elements). Besides that column buffer, a block needs a GEMM
 result or widened ``dy`` of ``K`` times the block's columns and, for images with at least
 ``drivers.WIDE_MIN_PIXELS`` output pixels, a slab holding the input rows the band reads
 (about ``C * band rows * sh * Wx``). Non-contiguous arguments are copied once; a
 non-contiguous ``out`` costs one output-sized buffer. Example: with C*R*S <= 1024 the column
-buffer is 2**18 elements (1 MiB in float32) for forward and backward-data and 2**20 (4 MiB)
-for backward-weight, unless one output row needs more; it never exceeds 2**21 elements
-(8 MiB) unless one output row does.
+buffer is 2**18 elements (1 MiB in float32) for forward, 2**20 (4 MiB) for backward-weight
+and 2**18 to 2**20 for strided backward-data, unless one output row needs more; it never
+exceeds 2**21 elements (8 MiB) unless one output row does.
 """
 
 import numpy as np
@@ -140,7 +141,8 @@ def conv2d_backward_data(dy, w, input_hw, stride=(1, 1), padding=(0, 0, 0, 0), d
     1x1 filter is copied (``K*C``). Other strides:
     a column block of about ``T`` elements (module docstring) that one GEMM writes and a
     scatter-add consumes, a widened or transposed copy of the block of ``dy`` (``K/(C*R*S)``
-    of that) and the block's input-sized slab.
+    of that) and, where the block is a band of a large image and ``C*R*S <= 256``, the band's
+    input-sized slab.
     """
     sh, sw = chk.pair("stride", stride, 1)
     dh, dw = chk.pair("dilation", dilation, 1)

@@ -35,20 +35,24 @@ MIN_COLS = 256
 MAX_BLOCK_ELEMS = 1 << 21
 #: Backward-weight reduces over pixels: larger blocks mean fewer partial-sum passes over dw.
 BLOCK_ELEMS_BWD_WEIGHT = 1 << 20
+#: Strided backward-data's GEMM reduces over only K: its blocks get at least this many columns
+#: (several images when images are small). Against 256-column blocks, one thread, batch 8,
+#: alternating: ResNet-50's strided layers float32 1.1-1.4x, float64 1.13-1.35x.
+SCATTER_MIN_COLS = 1024
 #: Images with fewer output pixels than this use batched im2col instead of the wide packing
 #: (whose GEMMs are per image and whose junk columns cost ``(dw*(S-1)//sw)/Q`` extra flops).
 WIDE_MIN_PIXELS = 128
 
 
-def target_elems(crs, base):
-    """Column-block size for reduction length ``crs`` given the base target ``base``."""
-    return min(max(base, crs * MIN_COLS), max(base, MAX_BLOCK_ELEMS))
+def target_elems(crs, base, min_cols=MIN_COLS):
+    """Column-block size for column length ``crs`` given the base target ``base``."""
+    return min(max(base, crs * min_cols), max(base, MAX_BLOCK_ELEMS))
 
 
-def blocks(N, P, Q, crs, base):
+def blocks(N, P, Q, crs, base, min_cols=MIN_COLS):
     """Yield ``(n0, n1, p0, p1)`` covering ``N x P`` output rows, with about
-    ``target_elems(crs, base)`` column elements each."""
-    target = target_elems(crs, base)
+    ``target_elems(crs, base, min_cols)`` column elements each."""
+    target = target_elems(crs, base, min_cols)
     per_image = P * Q * crs
     if per_image == 0:
         return
@@ -285,7 +289,9 @@ def backward_data_scatter(dy, w, sh, sw, dh, dw, top, left, dx):
         return
     crs = C * R * S
     wmt = w.reshape(K, crs).T
-    if use_wide(P, Q):
+    if use_wide(P, Q) and crs * SCATTER_MIN_COLS <= BLOCK_ELEMS:
+        # Bands of one image already have SCATTER_MIN_COLS columns (ResNet-50's conv1: the
+        # batched packing below ran 0.92-0.94x of this in float32).
         g = Wide(C, K, P, Q, R, S, sh, sw, dh, dw, dy.dtype, BLOCK_ELEMS)
         for n in range(N):
             for p0, p1 in g.bands:
@@ -295,7 +301,7 @@ def backward_data_scatter(dy, w, sh, sw, dh, dw, top, left, dx):
                 unpack_wide(cols, slab, dx, n, p0, g.Wph, R, S, sh, sw, dh, dw, top, left)
         return
     buf = None
-    for n0, n1, p0, p1 in blocks(N, P, Q, crs, BLOCK_ELEMS):
+    for n0, n1, p0, p1 in blocks(N, P, Q, crs, BLOCK_ELEMS, SCATTER_MIN_COLS):
         ncol = (n1 - n0) * (p1 - p0) * Q
         if buf is None:
             buf = np.empty(crs * ncol, dy.dtype)

@@ -89,10 +89,11 @@ def conv2d_forward(x, w, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), o
     result block of about 1 MiB together (direct kernels); where the output-channel-lanes kernel
     runs, a result block of about 2 MiB, a padded copy of the block's input rows and one
     chunk of the transposed filter per kernel thread. 1x1: a packed column block of about
-    ``T`` elements and a GEMM result of ``K/(C*R*S)`` times that; a stride-1, unpadded 1x1
-    layer packs nothing on images of ``drivers.WIDE_MIN_PIXELS`` pixels or more, and on
+    ``T`` elements and a GEMM result of ``K/(C*R*S)`` times that; an unpadded 1x1 layer
+    packs nothing on images of ``drivers.WIDE_MIN_PIXELS`` output pixels or more, and on
     smaller ones copies the input into one pixel-major matrix (an input-sized and an
-    output-sized temporary).
+    output-sized temporary); with stride > 1 it first copies the pixels it samples
+    (``1/(sh*sw)`` of the input).
     """
     sh, sw = chk.pair("stride", stride, 1)
     dh, dw = chk.pair("dilation", dilation, 1)
@@ -138,7 +139,8 @@ def conv2d_backward_data(dy, w, input_hw, stride=(1, 1), padding=(0, 0, 0, 0), d
     -----
     Stride 1: a forward convolution of ``dy`` with the flipped filter, so buffers are as in
     :func:`conv2d_forward` (with K and C swapped); wider filters than 1x1 are read in place, a
-    1x1 filter is copied (``K*C``). Other strides:
+    1x1 filter is copied (``K*C``) unless the layer is unpadded with fewer than
+    ``drivers.WIDE_MIN_PIXELS`` pixels per image. Other strides:
     a column block of about ``T`` elements (module docstring) that one GEMM writes and a
     scatter-add consumes, a widened or transposed copy of the block of ``dy`` (``K/(C*R*S)``
     of that) and, where the block is a band of a large image and ``C*R*S <= 256``, the band's

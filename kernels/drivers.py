@@ -35,6 +35,12 @@ MIN_COLS = 256
 MAX_BLOCK_ELEMS = 1 << 21
 #: Backward-weight reduces over pixels: larger blocks mean fewer partial-sum passes over dw.
 BLOCK_ELEMS_BWD_WEIGHT = 1 << 20
+#: ... and its blocks get at least this many columns (up to MAX_BLOCK_ELEMS): every block after
+#: the first adds a (K, C*R*S) partial product into dw, and short GEMMs run slower. Against
+#: 256 columns, one thread, alternating, on the layers that take this path (K = 512, 3x3):
+#: ResNet-50 res5 at batch 8 float32 1.06-1.10x, float64 1.04-1.08x; VGG-16 conv4_x at batch
+#: 1 1.05-1.09x; conv5_x (one block either way) 1.0x.
+WEIGHT_MIN_COLS = 1024
 #: Strided backward-data's GEMM reduces over only K: its blocks get at least this many columns
 #: (several images when images are small). Against 256-column blocks, one thread, batch 8,
 #: alternating: ResNet-50's strided layers float32 1.1-1.4x, float64 1.13-1.35x.
@@ -104,11 +110,11 @@ def use_wide(P, Q):
 class Wide:
     """Geometry and reusable buffers of the wide packing (:mod:`.wide`) for one layer."""
 
-    def __init__(self, C, K, P, Q, R, S, sh, sw, dh, dw, dtype, base):
+    def __init__(self, C, K, P, Q, R, S, sh, sw, dh, dw, dtype, base, min_cols=MIN_COLS):
         self.eh, self.ew = (dh * (R - 1)) // sh, (dw * (S - 1)) // sw
         self.Wph = Q + self.ew
         self.C, self.K, self.crs, self.phases = C, K, C * R * S, sh * sw
-        self.bands = bands(P, self.Wph * self.crs, target_elems(self.crs, base))
+        self.bands = bands(P, self.Wph * self.crs, target_elems(self.crs, base, min_cols))
         rows = max(p1 - p0 for p0, p1 in self.bands)
         self.slab = np.empty(self.phases * C * (rows + self.eh) * self.Wph, dtype)
         self.cols = np.empty(self.crs * rows * self.Wph, dtype)
@@ -365,7 +371,7 @@ def backward_weight(x, dy, R, S, sh, sw, dh, dw, top, left, dwt, accumulate):
             for n in range(N):
                 gemm(dym[n], xm[n].T)
         elif P * Q and use_wide(P, Q):
-            g = Wide(C, K, P, Q, R, S, sh, sw, dh, dw, x.dtype, BLOCK_ELEMS_BWD_WEIGHT)
+            g = Wide(C, K, P, Q, R, S, sh, sw, dh, dw, x.dtype, BLOCK_ELEMS_BWD_WEIGHT, WEIGHT_MIN_COLS)
             for n in range(N):
                 for p0, p1 in g.bands:
                     slab, cols, dyw, ncol = g.get(p1 - p0)
@@ -374,7 +380,7 @@ def backward_weight(x, dy, R, S, sh, sw, dh, dw, top, left, dwt, accumulate):
                     gemm(dyw[:, :ncol], cols.T)
         else:
             buf = None
-            for n0, n1, p0, p1 in blocks(N, P, Q, crs, BLOCK_ELEMS_BWD_WEIGHT):
+            for n0, n1, p0, p1 in blocks(N, P, Q, crs, BLOCK_ELEMS_BWD_WEIGHT, WEIGHT_MIN_COLS):
                 ncol = (n1 - n0) * (p1 - p0) * Q
                 if buf is None:
                     buf = np.empty(crs * ncol, x.dtype)

@@ -32,8 +32,8 @@ from numba import njit
 
 from . import buffers, threads
 from .im2col import _qrange
-from .ukernel import (MR, MR_W, NV, NV_W, VBYTES, copy_elems, copy_row, keep_alive, lanes, microkernel_cols,
-                      microkernel_px, tile_cols, transpose_tile)
+from .ukernel import (MR, MR_W, NV, NV_W, VBYTES, copy_elems, copy_row, deinterleave_row, keep_alive, lanes,
+                      microkernel_cols, microkernel_px, tile_cols, transpose_tile)
 
 #: Source plus result of one block, aimed at the L2 cache.
 BLOCK_BYTES = 1 << 20
@@ -46,7 +46,9 @@ MIN_COLS = 384
 #: Cost of packing one im2col element, in multiply-adds of the GEMM (chooses COLS vs SLAB) ...
 PACK_MADDS = 96
 #: ... and of one slab element of a layer strided along rows (an element-wise gather; with
-#: ``sw == 1`` rows are block copies, counted as free).
+#: ``sw == 1`` rows are block copies, counted as free). Measured on the element-wise gather;
+#: stride 2 with both column phases used now deinterleaves by vectors, 2-3x faster
+#: (:func:`~.ukernel.deinterleave_row`), which this constant does not yet reflect.
 PHASE_PACK_MADDS = 150
 #: Rows shorter than this are packed by masked vector copies (:func:`~.ukernel.copy_row`), longer
 #: ones by ``memcpy``, whose call costs more than a short row's copy (:func:`pack_cols` alone,
@@ -88,12 +90,28 @@ def pack_slab(c0, c1, x, n0, n1, p0, Hb, Wph, L, sh, sw, used, top, left, slab):
     """Fill channels ``c0:c1`` of the slab of images ``n0:n1``, output rows from ``p0``: phase
     ``(a, b)`` of channel ``c`` holds ``x[n0+i, c, (p0+h)*sh + a - top, j*sw + b - left]``
     (zero outside ``x``) at ``((a*sw + b)*C + c)*L + (i*Hb + h)*Wph + j`` for ``h < Hb,
-    j < Wph``."""
+    j < Wph``. With ``sw == 2`` and both column phases used, each input row fills both phase
+    rows in one vector pass (:func:`~.ukernel.deinterleave_row`)."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     xf = x.reshape(-1)
     s_addr, x_addr, tag, item = slab.ctypes.data, xf.ctypes.data, np.empty(0, slab.dtype), x.itemsize
+    # sw == 2 with both column phases used: each x row goes to both phase rows in one pass.
+    lo0, hi0 = _qrange(-left, 2, W, Wph)
+    lo1, hi1 = _qrange(1 - left, 2, W, Wph)
     for c in range(c0, c1):
         for a in range(sh):
+            if sw == 2 and used[2 * a] and used[2 * a + 1]:
+                row0, row1 = (2 * a * C + c) * L, ((2 * a + 1) * C + c) * L
+                for i in range(n1 - n0):
+                    plane = ((n0 + i) * C + c) * H * W
+                    for h in range(Hb):
+                        ih = (p0 + h) * sh + a - top
+                        inside = 0 <= ih < H
+                        deinterleave_row(s_addr + (row0 + (i * Hb + h) * Wph) * item,
+                                         s_addr + (row1 + (i * Hb + h) * Wph) * item,
+                                         x_addr + (plane + ih * W - left) * item, lo0, hi0 if inside else lo0,
+                                         lo1, hi1 if inside else lo1, Wph, tag)
+                continue
             for b in range(sw):
                 ph = a * sw + b
                 if not used[ph]:

@@ -138,6 +138,8 @@ CASES = {
     "primes": (3, 7, 11, 13, 17, 3, 5, (2, 3), (1, 1, 2, 2), (1, 2)),
     "asym-pad": (2, 3, 4, 9, 8, 3, 3, (1, 1), (2, 0, 0, 1), (1, 1)),
     "asym-pad-stride2": (2, 3, 4, 9, 8, 3, 3, (2, 2), (0, 2, 1, 0), (1, 1)),
+    # Stride-2 slab rows longer than two vectors of either dtype, the last one partial.
+    "stride2-wide-rows": (2, 3, 5, 9, 75, 3, 3, (2, 2), (1, 1, 1, 0), (1, 1)),
     "pad>extent": (1, 2, 3, 5, 4, 1, 2, (1, 1), (3, 2, 0, 4), (1, 1)),
     "stride-hw-differ": (2, 3, 2, 11, 12, 3, 3, (1, 2), (1, 1, 1, 1), (2, 1)),
     "N=1,C=1,K=1": (1, 1, 1, 8, 7, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1)),
@@ -331,7 +333,7 @@ for mode in ("slab", "cols", "klanes"):
     direct.FORCE_MODE = None if klanes.FORCE else mode
     for dtype in (np.float32, np.float64):
         for case in ("3x3-pad1", "primes", "bands", "dilation2-stride2", "N=1,C=1,K=1", "K-tails", "1x1-wide",
-                     "1x1-stripes"):
+                     "1x1-stripes", "stride2-wide-rows"):
             N, C, K, H, W, R, S, stride, padding, dilation = t.CASES[case]
             x, w, dy = t.make(rng, N, C, K, H, W, R, S, stride, padding, dilation, dtype)
             t.check_all(x, w, dy, stride, padding, dilation)
@@ -401,6 +403,44 @@ def test_transposes_exact(dtype):
         for k0, k1 in ((0, 3), (3, K)):
             klanes.store(k0, k1, res, Kp, out.reshape(-1), K, P, Q, n0, nb, p0, rows, accumulate)
         np.testing.assert_array_equal(out, want + accumulate)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_pack_slab_exact(dtype):
+    """The direct kernels' phase-split slab (:func:`direct.pack_slab`; stride 2 along rows
+    takes both column phases of an input row at once, by vectors) against its definition
+    on random strides, dilations, offsets (negative ones crop) and row lengths from under one
+    vector to several; entries outside the used phases' rows stay untouched."""
+    rng = np.random.default_rng(21)
+    for _ in range(60):
+        N, C, H, W = rng.integers(1, 3), rng.integers(1, 4), rng.integers(1, 20), rng.integers(1, 80)
+        R, S, sh, sw, dh, dw = (int(v) for v in rng.integers(1, 4, 6))
+        dh, dw = min(dh, 2), min(dw, 2)
+        top, left = int(rng.integers(-1, 3)), int(rng.integers(-1, 3))
+        P = (H + top + int(rng.integers(0, 3)) - dh * (R - 1) - 1) // sh + 1
+        Q = (W + left + int(rng.integers(0, 3)) - dw * (S - 1) - 1) // sw + 1
+        if P <= 0 or Q <= 0:
+            continue
+        x = rng.standard_normal((N, C, H, W)).astype(dtype)
+        xp = np.zeros((N, C, H + 2 * sh * P + 8, W + 2 * sw * Q + 8), dtype)  # x at offset (4, 4)
+        xp[:, :, 4:4 + H, 4:4 + W] = x
+        plan = direct.Plan(x.shape, 4, P, Q, R, S, sh, sw, dh, dw, x.itemsize, direct.SLAB)
+        for n0, n1, p0, p1 in plan.blocks:
+            nb, rows, img_pitch, _ = plan.columns((n0, n1, p0, p1))
+            Hb, Wph = rows + plan.eh, plan.Wph
+            L = direct._odd_lines(nb * img_pitch, x.itemsize)
+            slab = np.full(plan.slab_elems(L), 7, dtype)
+            direct.pack_slab(0, C, x, n0, n1, p0, Hb, Wph, L, sh, sw, plan.used, top, left, slab)
+            want = np.full_like(slab, 7)
+            for a, b in itertools.product(range(sh), range(sw)):
+                if plan.used[a * sw + b]:
+                    ih = (p0 + np.arange(Hb)) * sh + a - top + 4
+                    iw = np.arange(Wph) * sw + b - left + 4
+                    part = xp[n0:n1][:, :, ih][:, :, :, iw]  # (nb, C, Hb, Wph)
+                    for c in range(C):
+                        at = ((a * sw + b) * C + c) * L
+                        want[at:at + nb * Hb * Wph] = part[:, c].reshape(-1)
+            np.testing.assert_array_equal(slab, want)
 
 
 def test_dtype_preserved_and_int_params():

@@ -14,7 +14,10 @@ second BLAS copy with its own thread pool. Every argument is a C-contiguous arra
 int, so each kernel compiles once per dtype.
 """
 
+import numpy as np
 from numba import njit
+
+from .ukernel import add_every_other
 
 __all__ = ["im2col", "col2im"]
 
@@ -68,9 +71,13 @@ def im2col(x, cols, n0, n1, p0, p1, Q, R, S, sh, sw, dh, dw, top, left):
 
 @njit(cache=True)
 def col2im(cols, x, n0, n1, p0, p1, Q, R, S, sh, sw, dh, dw, top, left):
-    """Adjoint of :func:`im2col`: ``x[...] += cols`` scattered; padding taps are dropped."""
+    """Adjoint of :func:`im2col`: ``x[...] += cols`` scattered; padding taps are dropped.
+    ``x`` and ``cols`` are C-contiguous."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     rows = p1 - p0
+    # Stride 2: by vectors (x and cols are C-contiguous, so flat offsets are addresses).
+    x_addr, c_addr, item, tag = x.ctypes.data, cols.ctypes.data, x.itemsize, np.empty(0, x.dtype)
+    ncol = cols.shape[1]
     for c in range(C):
         for r in range(R):
             for s in range(S):
@@ -84,7 +91,10 @@ def col2im(cols, x, n0, n1, p0, p1, Q, R, S, sh, sw, dh, dw, top, left):
                         if ih < 0 or ih >= H:
                             continue
                         base = (i * rows + p - p0) * Q
-                        if sw == 1:
+                        if sw == 2:
+                            add_every_other(x_addr + (((n * C + c) * H + ih) * W + off) * item,
+                                            c_addr + (row * ncol + base) * item, lo, hi, tag)
+                        elif sw == 1:
                             for q in range(lo, hi):
                                 x[n, c, ih, off + q] += cols[row, base + q]
                         else:

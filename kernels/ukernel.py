@@ -30,7 +30,7 @@ from numba.extending import intrinsic
 
 __all__ = ["VBYTES", "MR", "NV", "MR_W", "NV_W", "lanes", "tile_cols", "microkernel", "microkernel_at",
            "microkernel_cols", "MR_K", "NV_K", "microkernel_px", "copy_elems", "copy_row", "copy_tile_row",
-           "deinterleave_row", "prefetch_read", "prefetch_write", "keep_alive", "transpose_tile"]
+           "deinterleave_row", "add_every_other", "prefetch_read", "prefetch_write", "keep_alive", "transpose_tile"]
 
 
 def _has_avx512():
@@ -362,6 +362,61 @@ def deinterleave_row(typingctx, even, odd, src, lo0, hi0, lo1, hi1, n, tag):
         return context.get_dummy_value()
 
     return types.void(*([types.int64] * 8), tag), codegen
+
+
+@intrinsic
+def add_every_other(typingctx, dst, src, lo, hi, tag):
+    """``dst[2*q] += src[q]`` for ``lo <= q < hi`` (elements of ``tag``'s dtype at int64
+    addresses; nothing else is read or written): a column block scattered back into a row of
+    a layer strided by 2 (:func:`~.im2col.col2im`). Per vector of ``src``: a masked load,
+    two shuffles into even lanes, and a masked load, add and store of each half of ``dst``'s
+    span. (Numba's element-wise loop ran at about 1 ns per element.)"""
+    real, item = _real(tag)
+    if real is None:
+        return None
+    width = lanes(item)
+    half = width // 2
+
+    def codegen(context, builder, sig, args):
+        d_addr, s_addr, lo_, hi_ = args[:4]
+        i1, i32, i64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
+        vec, ivec, mvec = ir.VectorType(real, width), ir.VectorType(i64, width), ir.VectorType(i1, width)
+        vptr = vec.as_pointer()
+        load = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vec, [vptr, i32, mvec, vec]), f"llvm.masked.load.v{width}{_vname(real)}.p0")
+        store = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [vec, vptr, i32, mvec]),
+            f"llvm.masked.store.v{width}{_vname(real)}.p0")
+        rptr = real.as_pointer()
+        d0, s0 = builder.inttoptr(d_addr, rptr), builder.inttoptr(s_addr, rptr)
+        align, zero = ir.Constant(i32, 1), ir.Constant(vec, None)
+        lo, hi = _splat(builder, lo_, ivec), _splat(builder, hi_, ivec)
+
+        def inside(q):
+            return builder.and_(builder.icmp_signed(">=", q, lo), builder.icmp_signed("<", q, hi))
+
+        even = ir.Constant(mvec, [lane % 2 == 0 for lane in range(width)])
+        # Chunks of ``width`` elements of src from the one holding ``lo``.
+        first = builder.sdiv(lo_, ir.Constant(i64, width))
+        count = builder.sub(builder.sdiv(builder.add(hi_, ir.Constant(i64, width - 1)), ir.Constant(i64, width)), first)
+        with cgutils.for_range(builder, count) as loop:
+            q0 = builder.mul(builder.add(first, loop.index), ir.Constant(i64, width))
+            q = builder.add(_splat(builder, q0, ivec), ir.Constant(ivec, list(range(width))))
+            values = builder.call(load, [builder.bitcast(builder.gep(s0, [q0]), vptr), align, inside(q), zero])
+            for part in range(2):  # dst[2*q0 + part*width + lane] for q = q0 + part*half + lane//2
+                spread = builder.shuffle_vector(values, zero, ir.Constant(
+                    ir.VectorType(i32, width), [part * half + lane // 2 if lane % 2 == 0 else width
+                                                for lane in range(width)]))
+                qs = builder.add(_splat(builder, q0, ivec),
+                                 ir.Constant(ivec, [part * half + lane // 2 for lane in range(width)]))
+                mask = builder.and_(even, inside(qs))
+                at = builder.bitcast(builder.gep(d0, [builder.add(builder.add(q0, q0), ir.Constant(i64, part * width))]),
+                                     vptr)
+                old = builder.call(load, [at, align, mask, zero])
+                builder.call(store, [builder.fadd(old, spread), at, align, mask])
+        return context.get_dummy_value()
+
+    return types.void(*([types.int64] * 4), tag), codegen
 
 
 @intrinsic

@@ -443,6 +443,42 @@ def test_pack_slab_exact(dtype):
             np.testing.assert_array_equal(slab, want)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_col2im_adjoint_exact(dtype):
+    """:func:`im2col.col2im` (stride 2 along rows by vectors) is the adjoint of
+    :func:`im2col.im2col` on random blocks, strides, dilations and offsets (negative ones crop),
+    rows from under one vector to several: ``<im2col(x), cols> == <x, col2im(cols)>``, and
+    it adds into ``x``. Integer-valued data, so float32 sums are exact too."""
+    rng = np.random.default_rng(22)
+    for _ in range(80):
+        N, C, H, W = rng.integers(1, 3), rng.integers(1, 4), rng.integers(1, 12), rng.integers(1, 90)
+        R, S, sh, dh, dw = (int(v) for v in rng.integers(1, 4, 5))
+        sw = int(rng.choice([1, 2, 2, 3]))
+        dh, dw = min(dh, 2), min(dw, 2)
+        top, left = int(rng.integers(-2, 3)), int(rng.integers(-2, 3))
+        P = (H + top + int(rng.integers(-1, 3)) - dh * (R - 1) - 1) // sh + 1
+        Q = (W + left + int(rng.integers(-1, 3)) - dw * (S - 1) - 1) // sw + 1
+        if P <= 0 or Q <= 0:
+            continue
+        n0 = int(rng.integers(0, N))
+        n1 = int(rng.integers(n0 + 1, N + 1))
+        p0 = int(rng.integers(0, P))
+        p1 = int(rng.integers(p0 + 1, P + 1))
+        args = (n0, n1, p0, p1, Q, R, S, sh, sw, dh, dw, top, left)
+        x = rng.integers(-4, 5, (N, C, H, W)).astype(dtype)
+        cols = rng.integers(-4, 5, (C * R * S, (n1 - n0) * (p1 - p0) * Q)).astype(dtype)
+        packed = np.empty_like(cols)
+        im2col.im2col(x, packed, *args)
+        base = rng.integers(-4, 5, x.shape).astype(dtype)
+        got = base.copy()
+        im2col.col2im(cols, got, *args)
+        assert np.vdot(packed.astype(np.float64), cols) == np.vdot(x.astype(np.float64), got - base)
+        # Only pixels some tap reads may change.
+        touched = np.zeros(x.shape, dtype)
+        im2col.col2im(np.ones_like(cols), touched, *args)
+        assert np.all((got == base) | (touched != 0))
+
+
 def test_dtype_preserved_and_int_params():
     rng = np.random.default_rng(5)
     x = rng.standard_normal((2, 3, 9, 9)).astype(np.float32)

@@ -193,7 +193,7 @@ def conv2d_backward_weight(x, dy, filter_rs, stride=(1, 1), padding=(0, 0, 0, 0)
 
     Notes
     -----
-    1x1 layers without padding, with at least 64 input and output channels
+    1x1 layers without padding, with at least 64 input and 64-1024 output channels
     (:func:`.pointwise.use_weight`): one transposed input panel per kernel thread (256 KiB);
     ``x``, ``dy`` and ``dw`` are used in place, but a strided layer first copies the input
     pixels it samples (``N*C*P*Q`` elements). Direct kernel (where

@@ -17,7 +17,7 @@ int, so each kernel compiles once per dtype.
 import numpy as np
 from numba import njit
 
-from .ukernel import add_every_other
+from .ukernel import TAP_ENTRIES, add_taps_every_other, keep_alive
 
 __all__ = ["im2col", "col2im"]
 
@@ -73,11 +73,11 @@ def im2col(x, cols, n0, n1, p0, p1, Q, R, S, sh, sw, dh, dw, top, left):
 def col2im(cols, x, n0, n1, p0, p1, Q, R, S, sh, sw, dh, dw, top, left):
     """Adjoint of :func:`im2col`: ``x[...] += cols`` scattered; padding taps are dropped.
     ``x`` and ``cols`` are C-contiguous."""
+    if sw == 2:
+        _col2im_every_other(cols, x, n0, n1, p0, p1, Q, R, S, sh, dh, dw, top, left)
+        return
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     rows = p1 - p0
-    # Stride 2: by vectors (x and cols are C-contiguous, so flat offsets are addresses).
-    x_addr, c_addr, item, tag = x.ctypes.data, cols.ctypes.data, x.itemsize, np.empty(0, x.dtype)
-    ncol = cols.shape[1]
     for c in range(C):
         for r in range(R):
             for s in range(S):
@@ -91,10 +91,8 @@ def col2im(cols, x, n0, n1, p0, p1, Q, R, S, sh, sw, dh, dw, top, left):
                         if ih < 0 or ih >= H:
                             continue
                         base = (i * rows + p - p0) * Q
-                        if sw == 2:
-                            add_every_other(x_addr + (((n * C + c) * H + ih) * W + off) * item,
-                                            c_addr + (row * ncol + base) * item, lo, hi, tag)
-                        elif sw == 1:
+                        if sw == 1:
+                            # Contiguous destination: a separate loop lets LLVM vectorise the add.
                             for q in range(lo, hi):
                                 x[n, c, ih, off + q] += cols[row, base + q]
                         else:
@@ -102,3 +100,40 @@ def col2im(cols, x, n0, n1, p0, p1, Q, R, S, sh, sw, dh, dw, top, left):
                                 x[n, c, ih, q * sw + off] += cols[row, base + q]
 
 
+@njit(cache=True)
+def _col2im_every_other(cols, x, n0, n1, p0, p1, Q, R, S, sh, dh, dw, top, left):
+    """:func:`col2im` for ``sw == 2``, one input row at a time: every tap that lands in it, from
+    a table, summed in registers and added into the row once (:func:`~.ukernel.add_taps_every_other`;
+    ``x`` and ``cols`` are addressed as C-contiguous)."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    rows, ncol = p1 - p0, cols.shape[1]
+    x_addr, c_addr, item, tag = x.ctypes.data, cols.ctypes.data, x.itemsize, np.empty(0, x.dtype)
+    # Tap column s: output column q lands in input column 2*(q + shift[s]) + odd[s].
+    shift, odd = np.empty(S, np.int64), np.empty(S, np.int64)
+    lo, hi = np.empty(S, np.int64), np.empty(S, np.int64)
+    for s in range(S):
+        off = s * dw - left
+        lo[s], hi[s] = _qrange(off, 2, W, Q)
+        odd[s] = off % 2
+        shift[s] = (off - odd[s]) // 2
+    table = np.empty(R * S * TAP_ENTRIES, np.int64)
+    ih_lo, ih_hi = max(0, p0 * sh - top), min(H, (p1 - 1) * sh + (R - 1) * dh - top + 1)
+    for c in range(C):
+        for i in range(n1 - n0):
+            for ih in range(ih_lo, ih_hi):
+                ntaps = 0
+                for r in range(R):
+                    t = ih + top - r * dh
+                    if t < p0 * sh or t % sh != 0 or t // sh >= p1:
+                        continue
+                    base = (i * rows + t // sh - p0) * Q
+                    for s in range(S):
+                        if lo[s] < hi[s]:
+                            at = ntaps * TAP_ENTRIES
+                            table[at] = c_addr + (((c * R + r) * S + s) * ncol + base) * item
+                            table[at + 1], table[at + 2], table[at + 3], table[at + 4] = shift[s], lo[s], hi[s], odd[s]
+                            ntaps += 1
+                if ntaps:
+                    add_taps_every_other(x_addr + (((n0 + i) * C + c) * H + ih) * W * item, table.ctypes.data,
+                                         ntaps, W, tag)
+    keep_alive((table,))

@@ -30,7 +30,8 @@ from numba.extending import intrinsic
 
 __all__ = ["VBYTES", "MR", "NV", "MR_W", "NV_W", "lanes", "tile_cols", "microkernel", "microkernel_at",
            "microkernel_cols", "MR_K", "NV_K", "microkernel_px", "copy_elems", "copy_row", "copy_tile_row",
-           "deinterleave_row", "add_every_other", "prefetch_read", "prefetch_write", "keep_alive", "transpose_tile"]
+           "deinterleave_row", "TAP_ENTRIES", "add_taps_every_other", "prefetch_read", "prefetch_write", "keep_alive",
+           "transpose_tile"]
 
 
 def _has_avx512():
@@ -364,13 +365,20 @@ def deinterleave_row(typingctx, even, odd, src, lo0, hi0, lo1, hi1, n, tag):
     return types.void(*([types.int64] * 8), tag), codegen
 
 
+#: Entries per tap of :func:`add_taps_every_other`'s table.
+TAP_ENTRIES = 5
+
+
 @intrinsic
-def add_every_other(typingctx, dst, src, lo, hi, tag):
-    """``dst[2*q] += src[q]`` for ``lo <= q < hi`` (elements of ``tag``'s dtype at int64
-    addresses; nothing else is read or written): a column block scattered back into a row of
-    a layer strided by 2 (:func:`~.im2col.col2im`). Per vector of ``src``: a masked load,
-    two shuffles into even lanes, and a masked load, add and store of each half of ``dst``'s
-    span. (Numba's element-wise loop ran at about 1 ns per element.)"""
+def add_taps_every_other(typingctx, dst, taps, ntaps, n, tag):
+    """``dst[2*(q + d) + e] += src[q]`` for ``lo <= q < hi``, summed over ``ntaps`` taps
+    ``(src, d, lo, hi, e)`` (int64s, :data:`TAP_ENTRIES` per tap, at address ``taps``; ``src``
+    an element address, ``e`` 0 or 1), on the ``n`` elements of the row at address ``dst``:
+    every tap that lands in one input row of a layer strided by 2, scattered back from a column
+    block (:func:`~.im2col.col2im`). Per vector of each phase: a masked load per tap into
+    register sums of the even and the odd positions, two shuffles that interleave them, and a
+    masked load, add and store of each half of ``dst``'s span, so ``dst`` is read and written
+    once. (Numba's element-wise loop, one tap at a time, ran at about 1 ns per element.)"""
     real, item = _real(tag)
     if real is None:
         return None
@@ -378,7 +386,7 @@ def add_every_other(typingctx, dst, src, lo, hi, tag):
     half = width // 2
 
     def codegen(context, builder, sig, args):
-        d_addr, s_addr, lo_, hi_ = args[:4]
+        d_addr, t_addr, ntaps_, n_ = args[:4]
         i1, i32, i64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
         vec, ivec, mvec = ir.VectorType(real, width), ir.VectorType(i64, width), ir.VectorType(i1, width)
         vptr = vec.as_pointer()
@@ -388,35 +396,47 @@ def add_every_other(typingctx, dst, src, lo, hi, tag):
             builder.module, ir.FunctionType(ir.VoidType(), [vec, vptr, i32, mvec]),
             f"llvm.masked.store.v{width}{_vname(real)}.p0")
         rptr = real.as_pointer()
-        d0, s0 = builder.inttoptr(d_addr, rptr), builder.inttoptr(s_addr, rptr)
+        d0, table = builder.inttoptr(d_addr, rptr), builder.inttoptr(t_addr, i64.as_pointer())
         align, zero = ir.Constant(i32, 1), ir.Constant(vec, None)
-        lo, hi = _splat(builder, lo_, ivec), _splat(builder, hi_, ivec)
+        iota = ir.Constant(ivec, list(range(width)))
+        sums = [cgutils.alloca_once(builder, vec) for _ in range(2)]
 
-        def inside(q):
-            return builder.and_(builder.icmp_signed(">=", q, lo), builder.icmp_signed("<", q, hi))
+        def entry(t, k):
+            return builder.load(builder.gep(table, [builder.add(builder.mul(t, ir.Constant(i64, TAP_ENTRIES)),
+                                                                ir.Constant(i64, k))]))
 
-        even = ir.Constant(mvec, [lane % 2 == 0 for lane in range(width)])
-        # Chunks of ``width`` elements of src from the one holding ``lo``.
-        first = builder.sdiv(lo_, ir.Constant(i64, width))
-        count = builder.sub(builder.sdiv(builder.add(hi_, ir.Constant(i64, width - 1)), ir.Constant(i64, width)), first)
-        with cgutils.for_range(builder, count) as loop:
-            q0 = builder.mul(builder.add(first, loop.index), ir.Constant(i64, width))
-            q = builder.add(_splat(builder, q0, ivec), ir.Constant(ivec, list(range(width))))
-            values = builder.call(load, [builder.bitcast(builder.gep(s0, [q0]), vptr), align, inside(q), zero])
-            for part in range(2):  # dst[2*q0 + part*width + lane] for q = q0 + part*half + lane//2
-                spread = builder.shuffle_vector(values, zero, ir.Constant(
-                    ir.VectorType(i32, width), [part * half + lane // 2 if lane % 2 == 0 else width
+        # Chunks of ``width`` positions of each phase: ``2*width`` elements of dst.
+        chunks = builder.sdiv(builder.add(n_, ir.Constant(i64, 2 * width - 1)), ir.Constant(i64, 2 * width))
+        with cgutils.for_range(builder, chunks) as chunk:
+            m0 = builder.mul(chunk.index, ir.Constant(i64, width))
+            for acc in sums:
+                builder.store(zero, acc)
+            with cgutils.for_range(builder, ntaps_) as tap:
+                src, shift, lo, hi, odd = (entry(tap.index, k) for k in range(TAP_ENTRIES))
+                q0 = builder.sub(m0, shift)
+                q = builder.add(_splat(builder, q0, ivec), iota)
+                read = builder.and_(builder.icmp_signed(">=", q, _splat(builder, lo, ivec)),
+                                    builder.icmp_signed("<", q, _splat(builder, hi, ivec)))
+                at = builder.inttoptr(builder.add(src, builder.mul(q0, ir.Constant(i64, item))), vptr)
+                values = builder.call(load, [at, align, read, zero])
+                is_odd = builder.icmp_signed("!=", odd, ir.Constant(i64, 0))
+                for acc, take in ((sums[0], builder.select(is_odd, zero, values)),
+                                  (sums[1], builder.select(is_odd, values, zero))):
+                    builder.store(builder.fadd(builder.load(acc), take), acc)
+            even, odd_ = (builder.load(acc) for acc in sums)
+            for part in range(2):  # dst[2*m0 + part*width + lane]: position m0 + part*half + lane//2
+                spread = builder.shuffle_vector(even, odd_, ir.Constant(
+                    ir.VectorType(i32, width), [part * half + lane // 2 + (width if lane % 2 else 0)
                                                 for lane in range(width)]))
-                qs = builder.add(_splat(builder, q0, ivec),
-                                 ir.Constant(ivec, [part * half + lane // 2 for lane in range(width)]))
-                mask = builder.and_(even, inside(qs))
-                at = builder.bitcast(builder.gep(d0, [builder.add(builder.add(q0, q0), ir.Constant(i64, part * width))]),
-                                     vptr)
-                old = builder.call(load, [at, align, mask, zero])
-                builder.call(store, [builder.fadd(old, spread), at, align, mask])
+                first = builder.add(builder.add(m0, m0), ir.Constant(i64, part * width))
+                inside = builder.icmp_signed("<", builder.add(_splat(builder, first, ivec), iota),
+                                             _splat(builder, n_, ivec))
+                at = builder.bitcast(builder.gep(d0, [first]), vptr)
+                old = builder.call(load, [at, align, inside, zero])
+                builder.call(store, [builder.fadd(old, spread), at, align, inside])
         return context.get_dummy_value()
 
-    return types.void(*([types.int64] * 4), tag), codegen
+    return types.void(types.int64, types.int64, types.int64, types.int64, tag), codegen
 
 
 @intrinsic

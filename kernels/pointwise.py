@@ -20,10 +20,11 @@ all images in one column space, its reduction the ``C`` channels. The loops are 
   ``K % MR`` rows) goes through a tile buffer.
 
 :func:`.drivers.pointwise` takes this path (:func:`use`) where it measured faster than
-numpy's BLAS: float32, large images, ``C >= 2*K``. One thread, batch 8, alternating with
-OpenBLAS: ResNet-50's res2.1x1a' (C = 256, K = 64, 56x56) 1.36-1.55x, res3.1x1a (256 -> 128)
-1.04-1.24x; res2.1x1a (64 -> 64) 0.95-1.05x; layers with ``K > C`` (output stores dominate)
-0.6-0.9x, 28x28 and smaller images 0.6-0.95x; float64 0.8-1.2x.
+numpy's BLAS: float32, large images, ``C >= 2*K``; float64, images of 128-255 pixels. One
+thread, batch 8, alternating with OpenBLAS: ResNet-50's res2.1x1a' (C = 256, K = 64, 56x56)
+1.36-1.55x, res3.1x1a (256 -> 128) 1.04-1.24x; res2.1x1a (64 -> 64) 0.95-1.05x; layers with
+``K > C`` (output stores dominate) 0.6-0.9x, 28x28 and smaller images 0.6-0.95x; float64
+14x14 1.07-1.21x, other sizes 0.85-1.03x (:data:`F64_PIXELS`).
 
 Memory per call: the packed filter (``K`` rounded up to ``MR``, times ``C``); per thread a
 column block's panels (``KC * NSTRIPES * tile_cols`` elements, 384 KiB in float32) and a tile.
@@ -74,10 +75,16 @@ KC = 256
 NSTRIPES = 8
 #: Packed filter rows passed over a column block at a time, in bytes of one chunk.
 A_BLOCK_BYTES = 1 << 18
-#: :func:`use`'s thresholds: images of at least this many pixels ...
+#: :func:`use`'s thresholds, float32: images of at least this many pixels ...
 MIN_PIXELS = 2048
 #: ... and at least this many input channels per output channel.
 MIN_C_PER_K = 2
+#: float64: images with ``F64_PIXELS[0] <= pixels < F64_PIXELS[1]``, where BLAS gets one thin
+#: GEMM per image (smaller images are gathered into one GEMM by the drivers, larger ones run
+#: BLAS near its peak). Measured against BLAS (one thread, batch 8, alternating), ResNet-50's
+#: 14x14 1x1 layers: forward 1.07-1.21x, backward-data 1.00-1.05x; 7x7 forward 0.85-0.91x,
+#: 28x28 0.93-1.03x, 56x56 0.87-0.94x.
+F64_PIXELS = (128, 256)
 #: True or False forces this path for every pointwise layer (tests); None: :func:`use`.
 FORCE = None
 #: Backward-weight: pixels per reduction chunk (its panel stays in L2, a tile's sums in
@@ -100,7 +107,9 @@ def use(C, K, pixels, itemsize):
     """Whether a pointwise layer with ``pixels`` pixels per image goes here (else to BLAS)."""
     if FORCE is not None:
         return bool(FORCE)
-    return itemsize == 4 and pixels >= MIN_PIXELS and C >= MIN_C_PER_K * K
+    if itemsize == 4:
+        return pixels >= MIN_PIXELS and C >= MIN_C_PER_K * K
+    return F64_PIXELS[0] <= pixels < F64_PIXELS[1]
 
 
 @njit(cache=True, nogil=True)

@@ -17,7 +17,7 @@ int, so each kernel compiles once per dtype.
 import numpy as np
 from numba import njit
 
-from .ukernel import TAP_ENTRIES, add_taps_every_other, keep_alive
+from .ukernel import TAP_ENTRIES, add_taps_every_other, copy_every_other, keep_alive
 
 __all__ = ["im2col", "col2im"]
 
@@ -37,9 +37,12 @@ def _qrange(off, sw, W, Q):
 
 @njit(cache=True)
 def im2col(x, cols, n0, n1, p0, p1, Q, R, S, sh, sw, dh, dw, top, left):
-    """Pack block ``(n0:n1, p0:p1)`` of ``x`` (N, C, H, W) into ``cols`` (see module doc)."""
+    """Pack block ``(n0:n1, p0:p1)`` of ``x`` (N, C, H, W) into ``cols`` (see module doc); both
+    C-contiguous (stride 2 along rows copies by vectors, :func:`~.ukernel.copy_every_other`)."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     rows = p1 - p0
+    x_addr, c_addr, item, tag = x.ctypes.data, cols.ctypes.data, x.itemsize, np.empty(0, x.dtype)
+    ncol = cols.shape[1]
     for c in range(C):
         for r in range(R):
             for s in range(S):
@@ -54,6 +57,10 @@ def im2col(x, cols, n0, n1, p0, p1, Q, R, S, sh, sw, dh, dw, top, left):
                         if ih < 0 or ih >= H:
                             for q in range(Q):
                                 cols[row, base + q] = 0
+                            continue
+                        if sw == 2:
+                            copy_every_other(c_addr + (row * ncol + base) * item,
+                                             x_addr + (((n * C + c) * H + ih) * W + off) * item, lo, hi, Q, tag)
                             continue
                         for q in range(lo):
                             cols[row, base + q] = 0

@@ -30,8 +30,8 @@ from numba.extending import intrinsic
 
 __all__ = ["VBYTES", "MR", "NV", "MR_W", "NV_W", "lanes", "tile_cols", "microkernel", "microkernel_at",
            "microkernel_cols", "MR_K", "NV_K", "microkernel_px", "copy_elems", "copy_row", "copy_tile_row",
-           "deinterleave_row", "TAP_ENTRIES", "add_taps_every_other", "prefetch_read", "prefetch_write", "keep_alive",
-           "transpose_tile"]
+           "deinterleave_row", "copy_every_other", "TAP_ENTRIES", "add_taps_every_other", "prefetch_read",
+           "prefetch_write", "keep_alive", "transpose_tile"]
 
 
 def _has_avx512():
@@ -311,31 +311,26 @@ def copy_row(typingctx, dst, src, lo, hi, n, tag):
     return types.void(*([types.int64] * 5), tag), codegen
 
 
-@intrinsic
-def deinterleave_row(typingctx, even, odd, src, lo0, hi0, lo1, hi1, n, tag):
-    """The two column phases of a row of a layer strided by 2, with their zero padding:
-    ``even[j] = src[2*j]`` for ``lo0 <= j < hi0``, ``odd[j] = src[2*j + 1]`` for ``lo1 <= j <
-    hi1``, zeros for the other ``j < n`` (elements of ``tag``'s dtype at int64 addresses;
-    ``src`` is never read outside those ranges). Per vector of each phase: two masked loads
-    and a shuffle, then a masked store, as :func:`copy_row` does. (Numba's loop over the pair
-    of strided reads ran at about 1 ns per element.)"""
-    real, item = _real(tag)
-    if real is None:
-        return None
-    width = lanes(item)
+def _every_other_codegen(real, width, both):
+    """Code of :func:`deinterleave_row` (``both``) and :func:`copy_every_other` (the even
+    phase alone, whose odd lanes are never read)."""
 
     def codegen(context, builder, sig, args):
-        e_addr, o_addr, s_addr, lo0_, hi0_, lo1_, hi1_, n_ = args[:8]
+        if both:
+            e_addr, o_addr, s_addr, lo0_, hi0_, lo1_, hi1_, n_ = args[:8]
+        else:
+            (e_addr, s_addr, lo0_, hi0_, n_), o_addr = args[:5], None
+            lo1_ = hi1_ = ir.Constant(ir.IntType(64), 0)
         i1, i32, i64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
         vec, ivec, mvec = ir.VectorType(real, width), ir.VectorType(i64, width), ir.VectorType(i1, width)
         vptr = vec.as_pointer()
-        load = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vec, [vptr, i32, mvec, vec]), f"llvm.masked.load.v{width}{_vname(real)}.p0")
-        store = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [vec, vptr, i32, mvec]),
-            f"llvm.masked.store.v{width}{_vname(real)}.p0")
+        load = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vptr, i32, mvec, vec]),
+                                              f"llvm.masked.load.v{width}{_vname(real)}.p0")
+        store = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [vec, vptr, i32, mvec]),
+                                               f"llvm.masked.store.v{width}{_vname(real)}.p0")
         rptr = real.as_pointer()
-        e0, o0, s0 = (builder.inttoptr(a, rptr) for a in (e_addr, o_addr, s_addr))
+        s0 = builder.inttoptr(s_addr, rptr)
+        outputs = [builder.inttoptr(e_addr, rptr)] + ([builder.inttoptr(o_addr, rptr)] if both else [])
         align, zero = ir.Constant(i32, 1), ir.Constant(vec, None)
         odd_lane = ir.Constant(mvec, [lane % 2 for lane in range(width)])
         bounds = [(_splat(builder, lo, ivec), _splat(builder, hi, ivec)) for lo, hi in ((lo0_, hi0_), (lo1_, hi1_))]
@@ -357,12 +352,37 @@ def deinterleave_row(typingctx, even, odd, src, lo0, hi0, lo1, hi1, n, tag):
                 halves.append(builder.call(load, [builder.bitcast(at, vptr), align, read, zero]))
             j = builder.add(_splat(builder, j0, ivec), ir.Constant(ivec, list(range(width))))
             write = builder.icmp_signed("<", j, _splat(builder, n_, ivec))
-            for dst, order in ((e0, pick[0]), (o0, pick[1])):
+            for dst, order in zip(outputs, pick):
                 builder.call(store, [builder.shuffle_vector(halves[0], halves[1], order),
                                      builder.bitcast(builder.gep(dst, [j0]), vptr), align, write])
         return context.get_dummy_value()
 
-    return types.void(*([types.int64] * 8), tag), codegen
+    return codegen
+
+
+@intrinsic
+def deinterleave_row(typingctx, even, odd, src, lo0, hi0, lo1, hi1, n, tag):
+    """The two column phases of a row of a layer strided by 2, with their zero padding:
+    ``even[j] = src[2*j]`` for ``lo0 <= j < hi0``, ``odd[j] = src[2*j + 1]`` for ``lo1 <= j <
+    hi1``, zeros for the other ``j < n`` (elements of ``tag``'s dtype at int64 addresses;
+    ``src`` is never read outside those ranges). Per vector of each phase: two masked loads
+    and a shuffle, then a masked store, as :func:`copy_row` does. (Numba's loop over the pair
+    of strided reads ran at about 1 ns per element.)"""
+    real, item = _real(tag)
+    if real is None:
+        return None
+    return types.void(*([types.int64] * 8), tag), _every_other_codegen(real, lanes(item), True)
+
+
+@intrinsic
+def copy_every_other(typingctx, dst, src, lo, hi, n, tag):
+    """``dst[j] = src[2*j]`` for ``lo <= j < hi``, zeros for the other ``j < n``: one column
+    phase of a row of a layer strided by 2 (:func:`~.im2col.im2col`), as
+    :func:`deinterleave_row` without the odd phase."""
+    real, item = _real(tag)
+    if real is None:
+        return None
+    return types.void(*([types.int64] * 5), tag), _every_other_codegen(real, lanes(item), False)
 
 
 #: Entries per tap of :func:`add_taps_every_other`'s table.

@@ -143,11 +143,13 @@ def warm_kernels(comm, dtypes):
     """Compile (or load from Numba's on-disk cache) the node kernels for ``dtypes``.
 
     When the cache holds every kernel, all ranks load it at once (:func:`.kernels.load_cached`
-    only reads). Otherwise ranks on one node take turns: the node's first rank compiles and
-    writes the cache, the others wait at a barrier and then only load it, so no two ranks
-    compile the same kernel at once or race on a cache file. Collective over ``comm``; a
-    no-op after the first call. A failure on any rank raises on every rank (its own error
-    where it happened, RuntimeError elsewhere) instead of leaving the others waiting.
+    only reads). Otherwise ranks on one node take turns: the node's first ranks compile the
+    groups of each of :data:`.kernels.WARMUP_STAGES` side by side (each group its own kernels
+    and cache files; the others wait at a barrier), then the first rank runs the whole warm-up
+    (compiling whatever is left) and the others only load the cache, so no two ranks compile
+    the same kernel at once or race on a cache file. Collective over ``comm``; a no-op after
+    the first call. A failure on any rank raises on every rank (its own error where it
+    happened, RuntimeError elsewhere) instead of leaving the others waiting.
     """
     from mpi4py import MPI
 
@@ -167,10 +169,15 @@ def warm_kernels(comm, dtypes):
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)
     error = None
     try:
-        if node.Get_rank() == 0 and todo:
+        for stage in kernels.WARMUP_STAGES:
+            for group in stage[node.Get_rank()::node.Get_size()]:
+                if todo and error is None:
+                    error = _attempt(kernels.warmup_parts, group, todo)
+            _sleeping_barrier(node)
+        if node.Get_rank() == 0 and todo and error is None:
             error = _attempt(kernels.warmup, todo)
         _sleeping_barrier(node)
-        if node.Get_rank() != 0 and todo:
+        if node.Get_rank() != 0 and todo and error is None:
             error = _attempt(kernels.warmup, todo)
     finally:
         node.Free()

@@ -15,6 +15,8 @@ when present, without Numba's compiler when the cache holds every kernel: :mod:`
 so later calls never compile; :func:`load_cached` only loads.
 """
 
-from .conv import conv2d_backward_data, conv2d_backward_weight, conv2d_forward, load_cached, warmup
+from .conv import (WARMUP_STAGES, conv2d_backward_data, conv2d_backward_weight, conv2d_forward, load_cached, warmup,
+                   warmup_parts)
 
-__all__ = ["conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight", "warmup", "load_cached"]
+__all__ = ["conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight", "warmup", "load_cached",
+           "WARMUP_STAGES", "warmup_parts"]

@@ -165,6 +165,19 @@ def _vname(real):
     return "f32" if isinstance(real, ir.FloatType) else "f64"
 
 
+def _masked(builder, real, width):
+    """LLVM's masked vector load and store of ``width`` elements of ``real`` (declared in
+    ``builder``'s module): ``load(ptr, align, mask, passthru)``, ``store(value, ptr, align, mask)``."""
+    i32 = ir.IntType(32)
+    vec, mvec = ir.VectorType(real, width), ir.VectorType(ir.IntType(1), width)
+    vptr = vec.as_pointer()
+    load = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vptr, i32, mvec, vec]),
+                                          f"llvm.masked.load.v{width}{_vname(real)}.p0")
+    store = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [vec, vptr, i32, mvec]),
+                                           f"llvm.masked.store.v{width}{_vname(real)}.p0")
+    return load, store
+
+
 def _real(tag):
     """LLVM element type and item size of the dtype tag ``tag`` (None for other dtypes)."""
     if tag.dtype == types.float32:
@@ -277,14 +290,10 @@ def copy_row(typingctx, dst, src, lo, hi, n, tag):
 
     def codegen(context, builder, sig, args):
         d_addr, s_addr, lo_, hi_, n_ = args[:5]
-        i1, i32, i64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
-        vec, ivec, mvec = ir.VectorType(real, width), ir.VectorType(i32, width), ir.VectorType(i1, width)
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        vec, ivec = ir.VectorType(real, width), ir.VectorType(i32, width)
         vptr = vec.as_pointer()
-        load = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vec, [vptr, i32, mvec, vec]), f"llvm.masked.load.v{width}{_vname(real)}.p0")
-        store = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [vec, vptr, i32, mvec]),
-            f"llvm.masked.store.v{width}{_vname(real)}.p0")
+        load, store = _masked(builder, real, width)
         rptr = real.as_pointer()
         d0, s0 = builder.inttoptr(d_addr, rptr), builder.inttoptr(s_addr, rptr)
         iota = ir.Constant(ivec, list(range(width)))
@@ -324,10 +333,7 @@ def _every_other_codegen(real, width, both):
         i1, i32, i64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
         vec, ivec, mvec = ir.VectorType(real, width), ir.VectorType(i64, width), ir.VectorType(i1, width)
         vptr = vec.as_pointer()
-        load = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vptr, i32, mvec, vec]),
-                                              f"llvm.masked.load.v{width}{_vname(real)}.p0")
-        store = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [vec, vptr, i32, mvec]),
-                                               f"llvm.masked.store.v{width}{_vname(real)}.p0")
+        load, store = _masked(builder, real, width)
         rptr = real.as_pointer()
         s0 = builder.inttoptr(s_addr, rptr)
         outputs = [builder.inttoptr(e_addr, rptr)] + ([builder.inttoptr(o_addr, rptr)] if both else [])
@@ -407,14 +413,10 @@ def add_taps_every_other(typingctx, dst, taps, ntaps, n, tag):
 
     def codegen(context, builder, sig, args):
         d_addr, t_addr, ntaps_, n_ = args[:4]
-        i1, i32, i64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
-        vec, ivec, mvec = ir.VectorType(real, width), ir.VectorType(i64, width), ir.VectorType(i1, width)
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        vec, ivec = ir.VectorType(real, width), ir.VectorType(i64, width)
         vptr = vec.as_pointer()
-        load = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vec, [vptr, i32, mvec, vec]), f"llvm.masked.load.v{width}{_vname(real)}.p0")
-        store = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [vec, vptr, i32, mvec]),
-            f"llvm.masked.store.v{width}{_vname(real)}.p0")
+        load, store = _masked(builder, real, width)
         rptr = real.as_pointer()
         d0, table = builder.inttoptr(d_addr, rptr), builder.inttoptr(t_addr, i64.as_pointer())
         align, zero = ir.Constant(i32, 1), ir.Constant(vec, None)

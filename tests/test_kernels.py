@@ -316,8 +316,9 @@ def test_direct_kernels_on_several_threads(mode, monkeypatch):
 
 def test_narrow_vector_tile(tmp_path):
     """The tile for hosts without AVX-512 (16 vector registers of 32 bytes), built here on
-    demand, against the oracle on the direct paths and the pointwise GEMM (its own Numba
-    cache: the cached code holds the tile shape)."""
+    demand, against the oracle on the direct paths and the pointwise GEMM, and the stride-2
+    row kernels against their definitions (its own Numba cache: the cached code holds the
+    vector width)."""
     import os
     import subprocess
     import sys
@@ -337,6 +338,9 @@ for mode in ("slab", "cols", "klanes"):
             N, C, K, H, W, R, S, stride, padding, dilation = t.CASES[case]
             x, w, dy = t.make(rng, N, C, K, H, W, R, S, stride, padding, dilation, dtype)
             t.check_all(x, w, dy, stride, padding, dilation)
+for dtype in (np.float32, np.float64):  # the stride-2 row copies and scatter by narrow vectors
+    t.test_pack_slab_exact(dtype)
+    t.test_col2im_adjoint_exact(dtype)
 print("narrow tile ok")
 """
     env = dict(os.environ, CNNMM_VECTOR_BYTES="32", NUMBA_CACHE_DIR=str(tmp_path))

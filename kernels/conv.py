@@ -26,16 +26,16 @@ Memory, packing + BLAS (the other cases). Work goes in blocks whose packed colum
 ``T = min(max(B, M*C*R*S), max(B, 2**21))`` elements (``B = drivers.BLOCK_ELEMS = 2**18``,
 ``drivers.BLOCK_ELEMS_BWD_WEIGHT = 2**20`` for backward-weight; ``M`` = 256 columns,
 ``drivers.WEIGHT_MIN_COLS`` = 1024 for backward-weight and ``drivers.SCATTER_MIN_COLS`` = 1024
-for strided backward-data) but at least one output row
-(``C*R*S*(Q + dw*(S-1)//sw)`` elements). Besides that column buffer, a block needs a GEMM
+for strided backward-data) but at least one output row (``C*R*S*(Q + dw*(S-1)//sw)``
+elements). Besides that column buffer, a block needs a GEMM
 result or widened ``dy`` of ``K`` times the block's columns and, for images with at least
 ``drivers.WIDE_MIN_PIXELS`` output pixels, a slab holding the input rows the band reads
 (about ``C * band rows * sh * Wx``). Non-contiguous arguments are copied once; a
 non-contiguous ``out`` costs one output-sized buffer. Example: with C*R*S <= 1024 the column
 buffer is 2**18 elements (1 MiB in float32) for forward, 2**20 (4 MiB) for backward-weight
 and 2**18 to 2**20 for strided backward-data, unless one output row needs more; with larger
-C*R*S backward-weight takes up to 2**21; it never
-exceeds 2**21 elements (8 MiB) unless one output row does.
+C*R*S backward-weight takes up to 2**21; it never exceeds 2**21 elements (8 MiB) unless one
+output row does.
 """
 
 import numpy as np
@@ -202,8 +202,8 @@ def conv2d_backward_weight(x, dy, filter_rs, stride=(1, 1), padding=(0, 0, 0, 0)
     channels): the block's phase-split input rows and transposed ``dy``
     (about 1 MiB together), its pixels' slab columns (8 bytes each) and ``R*S*C*K``
     accumulators (``C*R*S`` and ``K`` rounded up to the tile). Otherwise: a column block of
-    about ``T`` elements with ``B = 2**20`` and ``M = 1024`` (module docstring), a widened or transposed copy
-    of the block of ``dy`` (``K/(C*R*S)`` of that), the block's input slab, and one
+    about ``T`` elements with ``B = 2**20`` and ``M = 1024`` (module docstring), a widened or
+    transposed copy of the block of ``dy`` (``K/(C*R*S)`` of that), the block's input slab, and one
     ``K*C*R*S`` partial product per block after the first (every block when accumulating).
     """
     sh, sw = chk.pair("stride", stride, 1)

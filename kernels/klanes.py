@@ -44,7 +44,7 @@ from numba import njit
 
 from . import threads
 from .direct import _odd_lines, _up, pack_slab, transpose
-from .ukernel import MR_K, NV_K, VBYTES, keep_alive, lanes, microkernel_px
+from .ukernel import MR_K, NV_K, VBYTES, gather_stride, keep_alive, lanes, microkernel_px
 
 #: Result of one block: every chunk's tiles add into all of it, so it is sized for L2. Each
 #: block transposes the filter again, so blocks are no smaller.
@@ -117,8 +117,9 @@ def fill_panels_flipped(t0, steps, kt0, kt1, wm, RS, C, panels):
     """:func:`fill_panels` for the flipped, transposed filter of a backward-data pass, read from
     the (K, C, R, S) filter ``wm`` (flat) in place: output channel ``c`` (``C`` of them) and
     step ``k*RS + u`` take ``w[k, c, RS - 1 - u]`` (tap ``u`` of ``R*S``, row-major, turned
-    around)."""
+    around), gathered by vectors (:func:`~.ukernel.gather_stride`)."""
     nk = NV_K * (VBYTES // wm.itemsize)
+    w0, p0, item, tag = wm.ctypes.data, panels.ctypes.data, wm.itemsize, np.empty(0, wm.dtype)
     for kt in range(kt0, kt1):
         c_lo = kt * nk
         c_hi = min(C, c_lo + nk)
@@ -126,8 +127,7 @@ def fill_panels_flipped(t0, steps, kt0, kt1, wm, RS, C, panels):
             k, u = (t0 + t) // RS, (t0 + t) % RS
             src = (k * C + c_lo) * RS + RS - 1 - u
             dst = ((kt - kt0) * steps + t) * nk
-            for j in range(c_hi - c_lo):
-                panels[dst + j] = wm[src + j * RS]
+            gather_stride(p0 + dst * item, w0 + src * item, RS, c_hi - c_lo, tag)
 
 
 @njit(cache=True, nogil=True)

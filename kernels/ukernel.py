@@ -30,8 +30,8 @@ from numba.extending import intrinsic
 
 __all__ = ["VBYTES", "MR", "NV", "MR_W", "NV_W", "lanes", "tile_cols", "microkernel", "microkernel_at",
            "microkernel_cols", "MR_K", "NV_K", "microkernel_px", "copy_elems", "copy_row", "copy_tile_row",
-           "deinterleave_row", "copy_every_other", "TAP_ENTRIES", "add_taps_every_other", "prefetch_read",
-           "prefetch_write", "keep_alive", "transpose_tile"]
+           "deinterleave_row", "copy_every_other", "gather_stride", "TAP_ENTRIES", "add_taps_every_other",
+           "prefetch_read", "prefetch_write", "keep_alive", "transpose_tile"]
 
 
 def _has_avx512():
@@ -389,6 +389,45 @@ def copy_every_other(typingctx, dst, src, lo, hi, n, tag):
     if real is None:
         return None
     return types.void(*([types.int64] * 5), tag), _every_other_codegen(real, lanes(item), False)
+
+
+@intrinsic
+def gather_stride(typingctx, dst, src, stride, n, tag):
+    """``dst[j] = src[j*stride]`` for ``j < n`` (elements of ``tag``'s dtype at int64
+    addresses, ``stride`` in elements): a vector gather and a masked store per vector of
+    ``dst``. For :func:`~.klanes.fill_panels_flipped`, which reads the filter's channels
+    ``R*S`` apart (Numba's loop: 1.0-2.4 ns per element; this: 0.6-1.9, the most on filters
+    read from memory)."""
+    real, item = _real(tag)
+    if real is None:
+        return None
+    width = lanes(item)
+
+    def codegen(context, builder, sig, args):
+        d_addr, s_addr, stride_, n_ = args[:4]
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        vec, ivec, mvec = ir.VectorType(real, width), ir.VectorType(i64, width), ir.VectorType(ir.IntType(1), width)
+        rptr = real.as_pointer()
+        pvec = ir.VectorType(rptr, width)
+        gather = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [pvec, i32, mvec, vec]),
+                                                f"llvm.masked.gather.v{width}{_vname(real)}.v{width}p0")
+        _, store = _masked(builder, real, width)
+        d0 = builder.inttoptr(d_addr, rptr)
+        step = builder.mul(stride_, ir.Constant(i64, item))
+        iota = ir.Constant(ivec, list(range(width)))
+        offsets = builder.mul(iota, _splat(builder, step, ivec))
+        chunks = builder.sdiv(builder.add(n_, ir.Constant(i64, width - 1)), ir.Constant(i64, width))
+        with cgutils.for_range(builder, chunks) as loop:
+            j0 = builder.mul(loop.index, ir.Constant(i64, width))
+            base = builder.add(s_addr, builder.mul(j0, step))
+            ptrs = builder.inttoptr(builder.add(_splat(builder, base, ivec), offsets), pvec)
+            inside = builder.icmp_signed("<", builder.add(_splat(builder, j0, ivec), iota), _splat(builder, n_, ivec))
+            values = builder.call(gather, [ptrs, ir.Constant(i32, item), inside, ir.Constant(vec, None)])
+            builder.call(store, [values, builder.bitcast(builder.gep(d0, [j0]), vec.as_pointer()),
+                                 ir.Constant(i32, 1), inside])
+        return context.get_dummy_value()
+
+    return types.void(types.int64, types.int64, types.int64, types.int64, tag), codegen
 
 
 #: Entries per tap of :func:`add_taps_every_other`'s table.

@@ -25,9 +25,10 @@ transpositions next to the GEMM so that the drivers can compare it with
 
 Stride-1 backward-data is the forward convolution of ``dy`` with the flipped, transposed
 filter (``forward(..., flipped=True)``); its panels gather that filter from ``w`` in place
-(:func:`fill_panels_flipped`, a strided gather: calls on ResNet-50's res4/res5 3x3 layers
-took 2-6% longer than with panels transposed from a flipped copy, but making that copy took
-8-25% of a call). :func:`.drivers.backward_data` applies the forward pass's rule to it. Measured against
+(:func:`fill_panels_flipped`, a strided gather, by vector gathers since they measured 1.15-1.8x
+faster than a loop: calls on ResNet-50's res4/res5 3x3 layers took 2-6% longer with the loop
+than with panels transposed from a flipped copy, but making that copy took 8-25% of a call).
+:func:`.drivers.backward_data` applies the forward pass's rule to it. Measured against
 the direct kernel (one thread, alternating, medians of 9, float64 5): ResNet-50 at batch 8,
 3x3 layers, float32 1.06-1.17x, float64 1.02-1.28x; VGG-16 at batch 1, float32 0.95-1.19x,
 float64 0.99-1.16x.

@@ -178,6 +178,27 @@ def _masked(builder, real, width):
     return load, store
 
 
+def _ceil_div(builder, n, d):
+    """``ceil(n / d)`` of the non-negative i64 value ``n`` and the constant ``d``."""
+    i64 = ir.IntType(64)
+    return builder.sdiv(builder.add(n, ir.Constant(i64, d - 1)), ir.Constant(i64, d))
+
+
+def _lanes_from(builder, start, ivec, offsets=None):
+    """The i64 vector ``start + offsets[lane]`` (``offsets``: the lane numbers by default)."""
+    return builder.add(_splat(builder, start, ivec),
+                       ir.Constant(ivec, list(range(ivec.count)) if offsets is None else offsets))
+
+
+def _within(builder, index, lo, hi):
+    """Mask of the lanes with ``lo <= index < hi`` (``index`` an i64 vector, ``lo``/``hi`` i64
+    scalars; ``lo`` None: only ``index < hi``)."""
+    below = builder.icmp_signed("<", index, _splat(builder, hi, index.type))
+    if lo is None:
+        return below
+    return builder.and_(builder.icmp_signed(">=", index, _splat(builder, lo, index.type)), below)
+
+
 def _real(tag):
     """LLVM element type and item size of the dtype tag ``tag`` (None for other dtypes)."""
     if tag.dtype == types.float32:
@@ -304,7 +325,7 @@ def copy_row(typingctx, dst, src, lo, hi, n, tag):
             v = builder.select(builder.icmp_signed(">", v, ir.Constant(i64, width)), ir.Constant(i64, width), v)
             return _splat(builder, builder.trunc(v, i32), ivec)
 
-        chunks = builder.sdiv(builder.add(n_, ir.Constant(i64, width - 1)), ir.Constant(i64, width))
+        chunks = _ceil_div(builder, n_, width)
         align = ir.Constant(i32, 1)
         with cgutils.for_range(builder, chunks) as loop:
             # Masks from 32-bit lane numbers: one vector compare each.
@@ -339,25 +360,16 @@ def _every_other_codegen(real, width, both):
         outputs = [builder.inttoptr(e_addr, rptr)] + ([builder.inttoptr(o_addr, rptr)] if both else [])
         align, zero = ir.Constant(i32, 1), ir.Constant(vec, None)
         odd_lane = ir.Constant(mvec, [lane % 2 for lane in range(width)])
-        bounds = [(_splat(builder, lo, ivec), _splat(builder, hi, ivec)) for lo, hi in ((lo0_, hi0_), (lo1_, hi1_))]
-
-        def inside(j, phase):
-            lo, hi = bounds[phase]
-            return builder.and_(builder.icmp_signed(">=", j, lo), builder.icmp_signed("<", j, hi))
-
         pick = [ir.Constant(ir.VectorType(i32, width), list(range(first, 2 * width, 2))) for first in (0, 1)]
-        chunks = builder.sdiv(builder.add(n_, ir.Constant(i64, width - 1)), ir.Constant(i64, width))
-        with cgutils.for_range(builder, chunks) as loop:
+        with cgutils.for_range(builder, _ceil_div(builder, n_, width)) as loop:
             j0 = builder.mul(loop.index, ir.Constant(i64, width))
             halves = []
             for half in range(2):  # source elements 2*j0 + half*width + lane: j = j0 + (half*width + lane)//2
-                j = builder.add(_splat(builder, j0, ivec),
-                                ir.Constant(ivec, [(half * width + lane) // 2 for lane in range(width)]))
-                read = builder.select(odd_lane, inside(j, 1), inside(j, 0))
+                j = _lanes_from(builder, j0, ivec, [(half * width + lane) // 2 for lane in range(width)])
+                read = builder.select(odd_lane, _within(builder, j, lo1_, hi1_), _within(builder, j, lo0_, hi0_))
                 at = builder.gep(s0, [builder.add(builder.add(j0, j0), ir.Constant(i64, half * width))])
                 halves.append(builder.call(load, [builder.bitcast(at, vptr), align, read, zero]))
-            j = builder.add(_splat(builder, j0, ivec), ir.Constant(ivec, list(range(width))))
-            write = builder.icmp_signed("<", j, _splat(builder, n_, ivec))
+            write = _within(builder, _lanes_from(builder, j0, ivec), None, n_)
             for dst, order in zip(outputs, pick):
                 builder.call(store, [builder.shuffle_vector(halves[0], halves[1], order),
                                      builder.bitcast(builder.gep(dst, [j0]), vptr), align, write])
@@ -416,12 +428,11 @@ def gather_stride(typingctx, dst, src, stride, n, tag):
         step = builder.mul(stride_, ir.Constant(i64, item))
         iota = ir.Constant(ivec, list(range(width)))
         offsets = builder.mul(iota, _splat(builder, step, ivec))
-        chunks = builder.sdiv(builder.add(n_, ir.Constant(i64, width - 1)), ir.Constant(i64, width))
-        with cgutils.for_range(builder, chunks) as loop:
+        with cgutils.for_range(builder, _ceil_div(builder, n_, width)) as loop:
             j0 = builder.mul(loop.index, ir.Constant(i64, width))
             base = builder.add(s_addr, builder.mul(j0, step))
             ptrs = builder.inttoptr(builder.add(_splat(builder, base, ivec), offsets), pvec)
-            inside = builder.icmp_signed("<", builder.add(_splat(builder, j0, ivec), iota), _splat(builder, n_, ivec))
+            inside = _within(builder, _lanes_from(builder, j0, ivec), None, n_)
             values = builder.call(gather, [ptrs, ir.Constant(i32, item), inside, ir.Constant(vec, None)])
             builder.call(store, [values, builder.bitcast(builder.gep(d0, [j0]), vec.as_pointer()),
                                  ir.Constant(i32, 1), inside])
@@ -459,7 +470,6 @@ def add_taps_every_other(typingctx, dst, taps, ntaps, n, tag):
         rptr = real.as_pointer()
         d0, table = builder.inttoptr(d_addr, rptr), builder.inttoptr(t_addr, i64.as_pointer())
         align, zero = ir.Constant(i32, 1), ir.Constant(vec, None)
-        iota = ir.Constant(ivec, list(range(width)))
         sums = [cgutils.alloca_once(builder, vec) for _ in range(2)]
 
         def entry(t, k):
@@ -467,17 +477,14 @@ def add_taps_every_other(typingctx, dst, taps, ntaps, n, tag):
                                                                 ir.Constant(i64, k))]))
 
         # Chunks of ``width`` positions of each phase: ``2*width`` elements of dst.
-        chunks = builder.sdiv(builder.add(n_, ir.Constant(i64, 2 * width - 1)), ir.Constant(i64, 2 * width))
-        with cgutils.for_range(builder, chunks) as chunk:
+        with cgutils.for_range(builder, _ceil_div(builder, n_, 2 * width)) as chunk:
             m0 = builder.mul(chunk.index, ir.Constant(i64, width))
             for acc in sums:
                 builder.store(zero, acc)
             with cgutils.for_range(builder, ntaps_) as tap:
                 src, shift, lo, hi, odd = (entry(tap.index, k) for k in range(TAP_ENTRIES))
                 q0 = builder.sub(m0, shift)
-                q = builder.add(_splat(builder, q0, ivec), iota)
-                read = builder.and_(builder.icmp_signed(">=", q, _splat(builder, lo, ivec)),
-                                    builder.icmp_signed("<", q, _splat(builder, hi, ivec)))
+                read = _within(builder, _lanes_from(builder, q0, ivec), lo, hi)
                 at = builder.inttoptr(builder.add(src, builder.mul(q0, ir.Constant(i64, item))), vptr)
                 values = builder.call(load, [at, align, read, zero])
                 is_odd = builder.icmp_signed("!=", odd, ir.Constant(i64, 0))
@@ -490,8 +497,7 @@ def add_taps_every_other(typingctx, dst, taps, ntaps, n, tag):
                     ir.VectorType(i32, width), [part * half + lane // 2 + (width if lane % 2 else 0)
                                                 for lane in range(width)]))
                 first = builder.add(builder.add(m0, m0), ir.Constant(i64, part * width))
-                inside = builder.icmp_signed("<", builder.add(_splat(builder, first, ivec), iota),
-                                             _splat(builder, n_, ivec))
+                inside = _within(builder, _lanes_from(builder, first, ivec), None, n_)
                 at = builder.bitcast(builder.gep(d0, [first]), vptr)
                 old = builder.call(load, [at, align, inside, zero])
                 builder.call(store, [builder.fadd(old, spread), at, align, inside])

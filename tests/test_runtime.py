@@ -46,20 +46,25 @@ def test_set_threads_resizes_numba_and_blas_together():
         set_threads(max(1, before["numba"]))
 
 
+# Children's code: ``disps``, the kernel modules' own Numba dispatchers by "module.name".
+_DISPATCHERS = """
+import numba
+from cnnmm.kernels import direct, im2col, klanes, pointwise, wide
+disps = {mod.__name__.rsplit(".", 1)[1] + "." + name: obj for mod in (direct, im2col, klanes, pointwise, wide)
+         for name, obj in vars(mod).items()
+         if isinstance(obj, numba.core.registry.CPUDispatcher) and obj.__module__ == mod.__name__}
+"""
+
 # Run under mpiexec with an empty cache: the staged warm-up, then what each rank compiled.
 _WARM_CHILD = """
 import json
 from mpi4py import MPI
 from cnnmm import runtime
-import numba
-from cnnmm.kernels import direct, fastload, im2col, klanes, pointwise, wide
+from cnnmm.kernels import fastload
 comm = MPI.COMM_WORLD
 runtime.warm_kernels(comm, ["float32"])
-compiled = {}
-for mod in (direct, im2col, klanes, pointwise, wide):
-    for name, obj in vars(mod).items():
-        if isinstance(obj, numba.core.registry.CPUDispatcher) and obj.__module__ == mod.__name__:
-            compiled[mod.__name__.rsplit(".", 1)[1] + "." + name] = sum(obj.stats.cache_misses.values())
+""" + _DISPATCHERS + """
+compiled = {k: sum(d.stats.cache_misses.values()) for k, d in disps.items()}
 everyone = comm.gather(compiled)
 if comm.rank == 0:
     print("RESULT " + json.dumps({"by": {k: [r for r, c in enumerate(everyone) if c[k]] for k in compiled},
@@ -99,14 +104,10 @@ def test_staged_warm_up_compiles_each_kernel_on_one_rank(tmp_path):
 _STAGE_CHILD = """
 import json, sys
 from cnnmm import kernels
-import numba
-from cnnmm.kernels import direct, im2col, klanes, pointwise, wide
 before, record = json.loads(sys.argv[1])
 for group in before:
     kernels.warmup_parts(group, ["float32"])
-disps = {mod.__name__.rsplit(".", 1)[1] + "." + name: obj for mod in (direct, im2col, klanes, pointwise, wide)
-         for name, obj in vars(mod).items()
-         if isinstance(obj, numba.core.registry.CPUDispatcher) and obj.__module__ == mod.__name__}
+""" + _DISPATCHERS + """
 done = {k: dict(d.stats.cache_misses) for k, d in disps.items()}
 kernels.warmup_parts(record, ["float32"])
 new = sorted(f"{k} {sig}" for k, d in disps.items() for sig, n in d.stats.cache_misses.items()
